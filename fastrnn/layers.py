@@ -1,0 +1,477 @@
+"""Recurrent layers with the names, shapes and parameters of torch.nn.RNN/LSTM/GRU.
+
+A layer stacks ``num_layers`` x ``num_directions`` calls of one-layer,
+one-direction kernels (``fastrnn._recurrent``, or ``fastrnn.reference`` with
+``impl="reference"``), which share one contract.
+
+Conventions a user can rely on:
+- Inputs of any real floating dtype are converted to the layer's dtype
+  (float32 or float64); integer, boolean, complex and object inputs are rejected
+  with a TypeError. Non-contiguous and read-only inputs are accepted.
+- NaN and inf are not checked for: they propagate through the arithmetic as
+  they do in PyTorch (a NaN in one sequence never touches the others).
+- With ``lengths``, outputs past a sequence's length are zero, ``h_n``/``c_n``
+  hold each sequence's state at its own last step and the reverse direction
+  starts there: PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)``.
+"""
+import numpy as np
+
+from . import _recurrent, reference
+from ._threads import resolve_n_threads, single_threaded_blas
+
+_IMPLS = {"cython": _recurrent, "reference": reference}
+_CELLS = {
+    ("RNN", "tanh"): reference.CELL_RNN_TANH,
+    ("RNN", "relu"): reference.CELL_RNN_RELU,
+    ("LSTM", None): reference.CELL_LSTM,
+    ("GRU", None): reference.CELL_GRU,
+}
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _as_float_array(name, value, dtype):
+    """Convert to the layer's dtype; reject what is not real floating point."""
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"{name} must be a real floating-point array (float16/32/64 are "
+                        f"converted to {np.dtype(dtype).name}), got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+class _RNNBase:
+    """Common machinery of RNN, LSTM and GRU (see the subclasses)."""
+
+    _mode = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None,
+                 nonlinearity=None, impl="cython", n_threads=None):
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        if (self._mode, nonlinearity) not in _CELLS:
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self._cell = _CELLS[(self._mode, nonlinearity)]
+        self.impl = impl
+        self.n_threads = n_threads
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._cache = None
+        self._params = {}
+        self.reset_parameters()
+        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+
+    # -- structure -------------------------------------------------------
+
+    @property
+    def impl(self):
+        return self._impl
+
+    @impl.setter
+    def impl(self, value):
+        if value not in _IMPLS:
+            raise ValueError(f"impl must be one of {sorted(_IMPLS)}, got {value!r}")
+        self._impl = value
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gate_count(self):
+        return reference.gate_count(self._cell)
+
+    def _layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def _names(self, layer, direction):
+        """PyTorch's parameter names of one layer and direction, in its order."""
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
+        if self.bias:
+            names += [f"bias_ih{suffix}", f"bias_hh{suffix}"]
+        return names
+
+    def _shapes(self, layer):
+        rows = self.gate_count * self.hidden_size
+        shapes = [(rows, self._layer_input_size(layer)), (rows, self.hidden_size)]
+        return shapes + [(rows,), (rows,)] if self.bias else shapes
+
+    def _param_shapes(self):
+        return {name: shape
+                for layer in range(self.num_layers) for direction in range(self.num_directions)
+                for name, shape in zip(self._names(layer, direction), self._shapes(layer))}
+
+    def reset_parameters(self):
+        """PyTorch's default: every parameter uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                        for name, shape in self._param_shapes().items()}
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self):
+        """(name, array) pairs in PyTorch's order; the arrays are the live parameters."""
+        return list(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def __repr__(self):
+        extra = ""
+        if self.num_layers != 1:
+            extra += f", num_layers={self.num_layers}"
+        if self.nonlinearity not in (None, "tanh"):
+            extra += f", nonlinearity={self.nonlinearity!r}"
+        for flag, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
+            if getattr(self, flag) != default:
+                extra += f", {flag}={getattr(self, flag)}"
+        if self.dropout:
+            extra += f", dropout={self.dropout}"
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+    # -- modes, gradients, state ------------------------------------------
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for grad in self.grads.values():
+            grad.fill(0)
+
+    def state_dict(self):
+        """Copies of the parameters under PyTorch's names, in PyTorch's order."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load parameters by PyTorch's names (e.g. from ``torch_module.state_dict()``
+        converted with ``.numpy()``). Floating arrays are cast to the layer's
+        dtype. Everything is checked before anything is changed."""
+        shapes = self._param_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in shapes]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                           f"{unexpected} (expected {list(shapes)})")
+        loaded = {}
+        for name, shape in shapes.items():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if not np.issubdtype(value.dtype, np.floating):
+                raise TypeError(f"load_state_dict: {name} must be a floating-point array, "
+                                f"got dtype {value.dtype}")
+            if value.shape != shape:
+                raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
+                                 f"got {value.shape}")
+            loaded[name] = np.array(value, dtype=self.dtype, order="C")
+        self._params.update(loaded)
+
+    # -- forward / backward --------------------------------------------------
+
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    def _check_states(self, hx, batch, unbatched):
+        """Initial states as (num_layers * num_directions, batch, hidden) arrays."""
+        count = self.num_layers * self.num_directions
+        shape = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
+        names = ["hx[0] (h_0)", "hx[1] (c_0)"] if self._mode == "LSTM" else ["hx"]
+        if hx is None:
+            states = [None] * len(names)
+        elif self._mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx must be a tuple (h_0, c_0) of arrays of shape {shape}")
+            states = list(hx)
+        else:
+            states = [hx]
+        result = []
+        for name, state in zip(names, states):
+            if state is None:
+                result.append(np.zeros((count, batch, self.hidden_size), self.dtype))
+                continue
+            state = _as_float_array(name, state, self.dtype)
+            if state.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (num_layers * num_directions"
+                                 f"{'' if unbatched else ', batch'}, hidden_size), "
+                                 f"got {state.shape}")
+            result.append(state.reshape(count, batch, self.hidden_size))
+        return result
+
+    def _check_lengths(self, lengths, seq_len, batch, unbatched):
+        if lengths is None:
+            return None
+        if unbatched:
+            raise ValueError("lengths needs a batched input (seq_len, batch, input_size)")
+        array = np.asarray(lengths)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+        if array.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
+                             f"got {array.shape}")
+        if array.min() < 1 or array.max() > seq_len:
+            raise ValueError(f"lengths must be in 1..{seq_len} (seq_len), got values in "
+                             f"{array.min()}..{array.max()}")
+        return np.ascontiguousarray(array, dtype=np.int64)
+
+    def forward(self, x, hx=None, lengths=None):
+        """Run the layer. Returns ``(out, h_n)`` (LSTM: ``(out, (h_n, c_n))``).
+
+        x: (seq_len, batch, input_size), (batch, seq_len, input_size) with
+        batch_first, or unbatched (seq_len, input_size). hx: initial state(s) of
+        shape (num_layers * num_directions, batch, hidden_size), zeros if None.
+        lengths: one int per sequence in 1..seq_len, or None.
+        """
+        x = _as_float_array("x", x, self.dtype)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x must be 3-D {self._input_layout()} or 2-D "
+                             f"(seq_len, input_size), got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        seq_len, batch, features = x.shape
+        if features != self.input_size:
+            raise ValueError(f"x must have input_size={self.input_size} features in its last "
+                             f"axis {self._input_layout()}, got shape {x.shape if unbatched else self._user_shape(x.shape)}")
+        if seq_len < 1 or batch < 1:
+            raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape "
+                             f"{self._user_shape(x.shape)}")
+        x = np.ascontiguousarray(x)
+        lengths = self._check_lengths(lengths, seq_len, batch, unbatched)
+        states = self._check_states(hx, batch, unbatched)
+        out, final_states, cache = self._run_forward(x, states, lengths)
+        self._cache = cache
+        if cache is not None:
+            cache["out_shape"] = (seq_len, batch, out.shape[2])
+            cache["unbatched"] = unbatched
+        out = self._to_user_layout(out, unbatched)
+        finals = [s[:, 0] if unbatched else s for s in final_states]
+        return out, (tuple(finals) if self._mode == "LSTM" else finals[0])
+
+    def _input_layout(self):
+        return ("(batch, seq_len, input_size)" if self.batch_first
+                else "(seq_len, batch, input_size)")
+
+    def _user_shape(self, shape):
+        seq_len, batch, features = shape
+        return (batch, seq_len, features) if self.batch_first else (seq_len, batch, features)
+
+    def _to_user_layout(self, array, unbatched):
+        if unbatched:
+            return array[:, 0]
+        if self.batch_first:
+            return np.ascontiguousarray(array.transpose(1, 0, 2))
+        return array
+
+    def _run_forward(self, x, states, lengths):
+        kernels = _IMPLS[self._impl]
+        n_threads = resolve_n_threads(self.n_threads)
+        seq_len, batch, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        is_lstm = self._mode == "LSTM"
+        h0 = states[0]
+        c0 = states[1] if is_lstm else None
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if is_lstm else None
+        training = self.training
+        layers = []
+        layer_input = x
+        with single_threaded_blas():
+            for layer in range(self.num_layers):
+                out = np.empty((seq_len, batch, D * H), self.dtype)
+                direction_caches = []
+                for direction in range(D):
+                    index = layer * D + direction
+                    params = [self._params.get(n) for n in self._names(layer, direction)]
+                    weight_ih, weight_hh = params[:2]
+                    bias_ih, bias_hh = params[2:] if self.bias else (None, None)
+                    h, c, cache = kernels.forward(
+                        self._cell, layer_input, weight_ih, weight_hh, bias_ih, bias_hh,
+                        h0[index], c0[index] if is_lstm else None, lengths, bool(direction),
+                        training, out, direction * H, n_threads)
+                    h_n[index] = h
+                    if is_lstm:
+                        c_n[index] = c
+                    direction_caches.append(cache)
+                layers.append({"input": layer_input, "caches": direction_caches, "mask": None})
+                if layer < self.num_layers - 1 and training and self.dropout > 0:
+                    # Inter-layer dropout (PyTorch's `dropout` argument), inverted scaling.
+                    keep = 1.0 - self.dropout
+                    mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
+                    out = out * mask
+                    layers[-1]["mask"] = mask
+                layer_input = out
+        finals = [h_n, c_n] if is_lstm else [h_n]
+        cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads} if training else None
+        return layer_input, finals, cache
+
+    def backward(self, grad_output, grad_hn=None):
+        """Backpropagate through the last training-mode forward.
+
+        grad_output: dL/d(out), the shape of ``out``. grad_hn: dL/d(h_n) (LSTM:
+        a tuple (dL/dh_n, dL/dc_n), either may be None), or None for zero.
+        Returns ``(dx, dhx)``, shaped like ``x`` and ``hx`` (LSTM: dhx is
+        (dh_0, dc_0)). Parameter gradients are added to ``self.grads``.
+        Gradients at positions past a sequence's length are ignored (the
+        output there is a constant zero).
+        """
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a forward() in training mode (call train() "
+                               "first) and can be called once per forward")
+        seq_len, batch, width = cache["out_shape"]
+        unbatched = cache["unbatched"]
+        expected = (seq_len, width) if unbatched else self._user_shape((seq_len, batch, width))
+        grad = _as_float_array("grad_output", grad_output, self.dtype)
+        if grad.shape != expected:
+            raise ValueError(f"grad_output must have the shape of the output {expected}, "
+                             f"got {grad.shape}")
+        if unbatched:
+            grad = grad[:, None, :]
+        elif self.batch_first:
+            grad = grad.transpose(1, 0, 2)
+        grad = np.ascontiguousarray(grad)
+        grad_states = self._check_grad_hn(grad_hn, batch, unbatched)
+        self._cache = None  # one backward per forward, even if this one fails
+        grad_x, grad_h0 = self._run_backward(cache, grad, grad_states)
+        grad_x = self._to_user_layout(grad_x, unbatched)
+        if unbatched:
+            grad_h0 = [g[:, 0] for g in grad_h0]
+        return grad_x, (tuple(grad_h0) if self._mode == "LSTM" else grad_h0[0])
+
+    def _check_grad_hn(self, grad_hn, batch, unbatched):
+        count = self.num_layers * self.num_directions
+        shape = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
+        if self._mode == "LSTM":
+            if grad_hn is None:
+                grad_hn = (None, None)
+            if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
+                raise TypeError(f"grad_hn must be None or a tuple (dh_n, dc_n) of arrays of "
+                                f"shape {shape} (or None)")
+            names = ["grad_hn[0] (dh_n)", "grad_hn[1] (dc_n)"]
+        else:
+            grad_hn = [grad_hn]
+            names = ["grad_hn"]
+        result = []
+        for name, g in zip(names, grad_hn):
+            if g is None:
+                result.append(None)
+                continue
+            g = _as_float_array(name, g, self.dtype)
+            if g.shape != shape:
+                raise ValueError(f"{name} must have the shape of h_n {shape}, got {g.shape}")
+            result.append(g.reshape(count, batch, self.hidden_size))
+        return result
+
+    def _run_backward(self, cache, grad, grad_states):
+        kernels = _IMPLS[self._impl]
+        n_threads = cache["n_threads"]
+        lengths = cache["lengths"]
+        H, D = self.hidden_size, self.num_directions
+        is_lstm = self._mode == "LSTM"
+        count = self.num_layers * D
+        batch = grad.shape[1]
+        grad_h0 = np.zeros((count, batch, H), self.dtype)
+        grad_c0 = np.zeros((count, batch, H), self.dtype) if is_lstm else None
+        grad_layer_out = grad
+        with single_threaded_blas():
+            for layer in reversed(range(self.num_layers)):
+                entry = cache["layers"][layer]
+                layer_input = entry["input"]
+                grad_input = np.zeros_like(layer_input)
+                for direction in range(D):
+                    index = layer * D + direction
+                    names = self._names(layer, direction)
+                    weight_ih, weight_hh = self._params[names[0]], self._params[names[1]]
+                    grad_bias = ((self.grads[names[2]], self.grads[names[3]]) if self.bias
+                                 else (None, None))
+                    dh, dc = kernels.backward(
+                        self._cell, entry["caches"][direction], layer_input, weight_ih,
+                        weight_hh, lengths, bool(direction), grad_layer_out, direction * H,
+                        None if grad_states[0] is None else grad_states[0][index],
+                        None if not is_lstm or grad_states[1] is None else grad_states[1][index],
+                        grad_input, self.grads[names[0]], self.grads[names[1]], *grad_bias,
+                        n_threads)
+                    grad_h0[index] = dh
+                    if is_lstm:
+                        grad_c0[index] = dc
+                if layer > 0 and cache["layers"][layer - 1]["mask"] is not None:
+                    grad_input *= cache["layers"][layer - 1]["mask"]
+                grad_layer_out = grad_input
+        return grad_layer_out, ([grad_h0, grad_c0] if is_lstm else [grad_h0])
+
+
+_COMMON_ARGS = """
+    Parameters follow torch.nn: input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0 (between layers, training only),
+    bidirectional=False. Also: dtype ("float32" or "float64"), seed (for the
+    initialisation and dropout), impl ("cython" kernels or the NumPy
+    "reference"), n_threads (None: the global default, see
+    fastrnn.set_num_threads).
+"""
+
+
+class RNN(_RNNBase):
+    __doc__ = """Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),
+    act = tanh or relu (``nonlinearity``). ``out, h_n = rnn(x, hx, lengths)``.
+    """ + _COMMON_ARGS
+    _mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype="float32",
+                 seed=None, impl="cython", n_threads=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, nonlinearity, impl, n_threads)
+
+
+class LSTM(_RNNBase):
+    __doc__ = """LSTM with PyTorch's gate order i, f, g, o and two biases.
+    ``out, (h_n, c_n) = lstm(x, (h_0, c_0), lengths)``.
+    """ + _COMMON_ARGS
+    _mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None, impl="cython",
+                 n_threads=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, None, impl, n_threads)
+
+
+class GRU(_RNNBase):
+    __doc__ = """GRU with PyTorch's gate order r, z, n and
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)). ``out, h_n = gru(x, h_0, lengths)``.
+    """ + _COMMON_ARGS
+    _mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None, impl="cython",
+                 n_threads=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, dtype, seed, None, impl, n_threads)

@@ -1,0 +1,627 @@
+# cython: language_level=3
+"""Forward and BPTT backward of one layer, one direction of RNN, LSTM and GRU.
+
+Shared recurrent driver with per-cell step functions. The contract (argument
+order, shapes, accumulation) is the one of ``fastrnn.reference``, which is the
+oracle these kernels are tested against.
+
+Design:
+- The input projection ``x @ weight_ih.T`` of many steps is one GEMM (in
+  inference, chunks of steps, so the workspace stays O(batch x gates x hidden)).
+- Each step is one recurrent product for all gates and one fused elementwise
+  pass. The batch is split across OpenMP threads; each thread runs the whole
+  sequence for its rows, so there is no barrier per step.
+- Backward: only ``dh_{t-1}`` is sequential; weight gradients and the input
+  gradient are a few large GEMMs over all steps, split across threads by
+  output rows so the result does not depend on the thread count.
+- BLAS runs single-threaded inside these kernels (the caller limits it): the
+  only parallel level is ours.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+from _activations cimport relu, relu_grad, sigmoid, sigmoid_grad, tanh_, tanh_grad
+from _blas cimport gemm
+
+import numpy as np
+
+CELL_RNN_TANH = 0
+CELL_RNN_RELU = 1
+CELL_LSTM = 2
+CELL_GRU = 3
+
+cdef enum:
+    RNN_TANH = 0
+    RNN_RELU = 1
+    LSTM = 2
+    GRU = 3
+
+# Rows of the chunked input projection in inference: enough for an efficient
+# GEMM, small enough that the workspace is a constant times batch x gates x hidden.
+DEF PROJECTION_ROWS = 128
+
+
+def gate_count(int cell):
+    """Number of gate blocks of hidden_size rows in weight_ih / weight_hh."""
+    if cell == RNN_TANH or cell == RNN_RELU:
+        return 1
+    if cell == LSTM:
+        return 4
+    if cell == GRU:
+        return 3
+    raise ValueError(f"unknown cell {cell!r}")
+
+
+# --------------------------------------------------------------------------
+# Elementwise step functions: rows [b0, b1) of one time step.
+# --------------------------------------------------------------------------
+
+cdef inline bint _active(const int64_t *lengths, Py_ssize_t b, Py_ssize_t t) noexcept nogil:
+    return lengths == NULL or t < lengths[b]
+
+
+cdef void _step_forward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t H,
+                        floating *gates, const floating *gates_h, floating *hn_cache,
+                        const floating *bias, const floating *bias_hn,
+                        const floating *h_prev, floating *h_new,
+                        const floating *c_prev, floating *c_new,
+                        floating *out, Py_ssize_t out_ld,
+                        const int64_t *lengths) noexcept nogil:
+    """One fused elementwise pass.
+
+    gates (B, G*H) holds the pre-activations of this step (for GRU the input
+    part only; its recurrent part is gates_h (B, 3H)) and is overwritten with
+    the activations, which is what backward needs. out points at column 0 of
+    this direction's slice of out[t]. h_prev may equal h_new (inference).
+    """
+    cdef Py_ssize_t b, j, GH
+    cdef floating *g
+    cdef const floating *gh
+    cdef floating pre, i_g, f_g, c_g, o_g, c, r_g, z_g, n_g, hn
+    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    for b in range(b0, b1):
+        if not _active(lengths, b, t):
+            # The state passes through unchanged; the output is zero.
+            if h_new != h_prev:
+                memcpy(h_new + b * H, h_prev + b * H, H * sizeof(floating))
+                if cell == LSTM:
+                    memcpy(c_new + b * H, c_prev + b * H, H * sizeof(floating))
+            memset(out + b * out_ld, 0, H * sizeof(floating))
+            continue
+        g = gates + b * GH
+        if cell == LSTM:
+            for j in range(H):
+                i_g = g[j]
+                f_g = g[H + j]
+                c_g = g[2 * H + j]
+                o_g = g[3 * H + j]
+                if bias != NULL:
+                    i_g = i_g + bias[j]
+                    f_g = f_g + bias[H + j]
+                    c_g = c_g + bias[2 * H + j]
+                    o_g = o_g + bias[3 * H + j]
+                i_g = sigmoid(i_g)
+                f_g = sigmoid(f_g)
+                c_g = tanh_(c_g)
+                o_g = sigmoid(o_g)
+                g[j] = i_g
+                g[H + j] = f_g
+                g[2 * H + j] = c_g
+                g[3 * H + j] = o_g
+                c = f_g * c_prev[b * H + j] + i_g * c_g
+                c_new[b * H + j] = c
+                h_new[b * H + j] = o_g * tanh_(c)
+                out[b * out_ld + j] = h_new[b * H + j]
+        elif cell == GRU:
+            gh = gates_h + b * GH
+            for j in range(H):
+                r_g = g[j] + gh[j]
+                z_g = g[H + j] + gh[H + j]
+                n_g = g[2 * H + j]
+                hn = gh[2 * H + j]
+                if bias != NULL:
+                    r_g = r_g + bias[j]
+                    z_g = z_g + bias[H + j]
+                    n_g = n_g + bias[2 * H + j]
+                    hn = hn + bias_hn[j]
+                r_g = sigmoid(r_g)
+                z_g = sigmoid(z_g)
+                n_g = tanh_(n_g + r_g * hn)
+                g[j] = r_g
+                g[H + j] = z_g
+                g[2 * H + j] = n_g
+                if hn_cache != NULL:
+                    hn_cache[b * H + j] = hn
+                # PyTorch's form of (1 - z) * n + z * h_prev
+                h_new[b * H + j] = n_g + z_g * (h_prev[b * H + j] - n_g)
+                out[b * out_ld + j] = h_new[b * H + j]
+        else:
+            for j in range(H):
+                pre = g[j]
+                if bias != NULL:
+                    pre = pre + bias[j]
+                pre = tanh_(pre) if cell == RNN_TANH else relu(pre)
+                h_new[b * H + j] = pre
+                out[b * out_ld + j] = pre
+
+
+cdef void _step_backward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t H,
+                         floating *gates, floating *hn_cache,
+                         const floating *h_prev, const floating *h_new,
+                         const floating *c_prev, const floating *c_new,
+                         const floating *grad_out, Py_ssize_t out_ld,
+                         const floating *dh, floating *dh_prev, floating *dc,
+                         const int64_t *lengths) noexcept nogil:
+    """Gradients through the elementwise part of one step, rows [b0, b1).
+
+    Overwrites gates (activations) with the pre-activation gradients, which
+    are the input-side gradients; for GRU hn_cache (W_hn h + b_hn) becomes
+    the gradient of the recurrent n part, dn_pre * r. Writes into dh_prev the
+    part of dL/dh_{t-1} that does not go through weight_hh, and updates dc to
+    dL/dc_{t-1} in place. Inactive rows get zero gate gradients and pass
+    dh and dc through.
+    """
+    cdef Py_ssize_t b, j, GH
+    cdef floating *g
+    cdef floating dh_t, tc, dc_t, i_g, f_g, c_g, o_g, r_g, z_g, n_g, dn_pre, y
+    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    for b in range(b0, b1):
+        g = gates + b * GH
+        if not _active(lengths, b, t):
+            memset(g, 0, GH * sizeof(floating))
+            if cell == GRU:
+                memset(hn_cache + b * H, 0, H * sizeof(floating))
+            memcpy(dh_prev + b * H, dh + b * H, H * sizeof(floating))
+            continue
+        for j in range(H):
+            dh_t = dh[b * H + j] + grad_out[b * out_ld + j]
+            if cell == LSTM:
+                i_g = g[j]
+                f_g = g[H + j]
+                c_g = g[2 * H + j]
+                o_g = g[3 * H + j]
+                tc = tanh_(c_new[b * H + j])
+                dc_t = dc[b * H + j] + dh_t * o_g * tanh_grad(tc)
+                g[j] = dc_t * c_g * sigmoid_grad(i_g)
+                g[H + j] = dc_t * c_prev[b * H + j] * sigmoid_grad(f_g)
+                g[2 * H + j] = dc_t * i_g * tanh_grad(c_g)
+                g[3 * H + j] = dh_t * tc * sigmoid_grad(o_g)
+                dc[b * H + j] = dc_t * f_g
+                dh_prev[b * H + j] = 0
+            elif cell == GRU:
+                r_g = g[j]
+                z_g = g[H + j]
+                n_g = g[2 * H + j]
+                dn_pre = dh_t * (1 - z_g) * tanh_grad(n_g)
+                g[j] = dn_pre * hn_cache[b * H + j] * sigmoid_grad(r_g)
+                g[H + j] = dh_t * (h_prev[b * H + j] - n_g) * sigmoid_grad(z_g)
+                g[2 * H + j] = dn_pre
+                hn_cache[b * H + j] = dn_pre * r_g
+                dh_prev[b * H + j] = dh_t * z_g
+            else:
+                y = h_new[b * H + j]
+                g[j] = dh_t * (tanh_grad(y) if cell == RNN_TANH else relu_grad(y))
+                dh_prev[b * H + j] = 0
+
+
+# --------------------------------------------------------------------------
+# Per-thread drivers: a contiguous block of batch rows over many steps.
+# --------------------------------------------------------------------------
+
+cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, Py_ssize_t t_hi,
+                      bint reverse, bint training, Py_ssize_t B, Py_ssize_t H,
+                      const floating *weight_hh, floating *gates_x, floating *gates_h,
+                      floating *hn_cache, const floating *bias, const floating *bias_hn,
+                      floating *h_seq, floating *c_seq, floating *out, Py_ssize_t out_ld,
+                      Py_ssize_t out_col, const int64_t *lengths) noexcept nogil:
+    """Steps t_lo..t_hi-1 (in processing order) for rows [b0, b1).
+
+    gates_x holds the projected inputs of steps t_lo..t_hi-1, (t - t_lo, B, G*H).
+    Training: h_seq/c_seq are (T+1, B, H) and the state before step t is at
+    index t (forward) or t+1 (reverse); hn_cache is (T, B, H) for GRU.
+    Inference: h_seq/c_seq are (B, H) and updated in place.
+    """
+    cdef Py_ssize_t s, t, nb = b1 - b0, GH
+    cdef floating *step_gates
+    cdef floating *hn_t = NULL
+    cdef floating *h_prev
+    cdef floating *h_new
+    cdef floating *c_prev = NULL
+    cdef floating *c_new = NULL
+    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    if nb <= 0:
+        return
+    for s in range(t_hi - t_lo):
+        t = t_hi - 1 - s if reverse else t_lo + s
+        step_gates = gates_x + (t - t_lo) * B * GH
+        if training:
+            h_prev = h_seq + (t + 1 if reverse else t) * B * H
+            h_new = h_seq + (t if reverse else t + 1) * B * H
+            if cell == LSTM:
+                c_prev = c_seq + (t + 1 if reverse else t) * B * H
+                c_new = c_seq + (t if reverse else t + 1) * B * H
+            if cell == GRU:
+                hn_t = hn_cache + t * B * H
+        else:
+            h_prev = h_seq
+            h_new = h_seq
+            c_prev = c_seq
+            c_new = c_seq
+        if cell == GRU:
+            # gates_h[b0:b1] = h_prev[b0:b1] @ weight_hh.T
+            gemm(False, True, nb, GH, H, 1, h_prev + b0 * H, H, weight_hh, H,
+                 0, gates_h + b0 * GH, GH)
+        else:
+            # gates[t, b0:b1] += h_prev[b0:b1] @ weight_hh.T
+            gemm(False, True, nb, GH, H, 1, h_prev + b0 * H, H, weight_hh, H,
+                 1, step_gates + b0 * GH, GH)
+        _step_forward(cell, b0, b1, t, H, step_gates, gates_h, hn_t, bias, bias_hn,
+                      h_prev, h_new, c_prev, c_new, out + t * B * out_ld + out_col, out_ld,
+                      lengths)
+
+
+cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
+                         bint reverse, Py_ssize_t B, Py_ssize_t H,
+                         const floating *weight_hh, floating *gates, floating *hn_cache,
+                         const floating *h_seq, const floating *c_seq,
+                         const floating *grad_out, Py_ssize_t out_ld, Py_ssize_t out_col,
+                         floating *dh, floating *dh_other, floating *dc,
+                         const int64_t *lengths) noexcept nogil:
+    """BPTT for rows [b0, b1): steps in the opposite of processing order.
+
+    On entry dh/dc hold dL/dh_n, dL/dc_n; on return dh holds dL/dh0 and dc
+    dL/dc0 (dh_other is scratch of the same shape).
+    """
+    cdef Py_ssize_t s, t, nb = b1 - b0, GH, i_prev, i_new
+    cdef floating *tmp
+    cdef floating *step_gates
+    cdef floating *hn_t = NULL
+    cdef const floating *c_prev = NULL
+    cdef const floating *c_new = NULL
+    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    if nb <= 0:
+        return
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        i_prev = t + 1 if reverse else t
+        i_new = t if reverse else t + 1
+        step_gates = gates + t * B * GH
+        if cell == LSTM:
+            c_prev = c_seq + i_prev * B * H
+            c_new = c_seq + i_new * B * H
+        if cell == GRU:
+            hn_t = hn_cache + t * B * H
+        _step_backward(cell, b0, b1, t, H, step_gates, hn_t,
+                       h_seq + i_prev * B * H, h_seq + i_new * B * H, c_prev, c_new,
+                       grad_out + t * B * out_ld + out_col, out_ld, dh, dh_other, dc, lengths)
+        if cell == GRU:
+            # dh_prev[b0:b1] += d(r, z)[t, b0:b1] @ weight_hh[:2H]
+            gemm(False, False, nb, H, 2 * H, 1, step_gates + b0 * GH, GH, weight_hh, H,
+                 1, dh_other + b0 * H, H)
+            # dh_prev[b0:b1] += d(hn)[t, b0:b1] @ weight_hh[2H:]
+            gemm(False, False, nb, H, H, 1, hn_t + b0 * H, H, weight_hh + 2 * H * H, H,
+                 1, dh_other + b0 * H, H)
+        else:
+            # dh_prev[b0:b1] += dgates[t, b0:b1] @ weight_hh
+            gemm(False, False, nb, H, GH, 1, step_gates + b0 * GH, GH, weight_hh, H,
+                 1, dh_other + b0 * H, H)
+        tmp = dh
+        dh = dh_other
+        dh_other = tmp
+    if T % 2 == 1:
+        # The pointers were swapped an odd number of times: the result is in
+        # the caller's dh_other; give it back in dh.
+        memcpy(dh_other + b0 * H, dh + b0 * H, nb * H * sizeof(floating))
+
+
+cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
+    """Start of block k when n items are split into `parts` near-equal contiguous
+    blocks (block k is [_block_start(k), _block_start(k + 1)))."""
+    return n * k // parts
+
+
+cdef void _column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ssize_t lda,
+                       floating *sums, int n_threads) noexcept nogil:
+    """sums[c] = a[:, c].sum(0) for a (rows, cols) with row stride lda; columns
+    split across threads, rows summed in order (deterministic)."""
+    cdef Py_ssize_t k, r, c, c0, c1
+    for k in prange(n_threads, num_threads=n_threads, schedule="static"):
+        c0 = _block_start(cols, n_threads, k)
+        c1 = _block_start(cols, n_threads, k + 1)
+        for c in range(c0, c1):
+            sums[c] = 0
+        for r in range(rows):
+            for c in range(c0, c1):
+                sums[c] += a[r * lda + c]
+
+
+cdef void _gemm_split_rows(int n_threads, bint trans_a, bint trans_b,
+                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *a,
+                           Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
+                           floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
+    """Row-major c = op(a) @ op(b) + beta * c with the m output rows split across
+    threads (each calls single-threaded BLAS on its block)."""
+    cdef Py_ssize_t part, r0, r1
+    cdef int parts = n_threads
+    if m < 16 * parts:
+        parts = 1
+    for part in prange(parts, num_threads=parts, schedule="static"):
+        r0 = _block_start(m, parts, part)
+        r1 = _block_start(m, parts, part + 1)
+        if r1 > r0:
+            # Row block r0:r1 of op(a): rows of a, or columns of a when transposed.
+            gemm(trans_a, trans_b, r1 - r0, n, k, 1, a + (r0 if trans_a else r0 * lda),
+                 lda, b, ldb, beta, c + r0 * ldc, ldc)
+
+
+# --------------------------------------------------------------------------
+# Typed entry points.
+# --------------------------------------------------------------------------
+
+cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
+                   const floating[:, ::1] weight_hh, const floating[::1] bias,
+                   const floating[::1] bias_hn, floating[:, ::1] h0_state,
+                   floating[:, :, ::1] h_seq, floating[:, ::1] c_state,
+                   floating[:, :, ::1] c_seq, floating[:, :, ::1] gates,
+                   floating[:, ::1] gates_h, floating[:, :, ::1] hn_cache,
+                   const int64_t[::1] lengths, bint reverse, bint training,
+                   floating[:, :, ::1] out, Py_ssize_t out_col, int n_threads):
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], GH = weight_hh.shape[0]
+    cdef Py_ssize_t out_ld = out.shape[2]
+    cdef Py_ssize_t chunk = gates.shape[0], n_chunks, ci, t_lo, t_hi, rows, part, r0, r1, b0, b1
+    cdef int proj_threads, batch_threads
+    cdef const int64_t *len_ptr = &lengths[0] if lengths is not None else NULL
+    cdef const floating *bias_ptr = &bias[0] if bias is not None else NULL
+    cdef const floating *bias_hn_ptr = &bias_hn[0] if bias_hn is not None else NULL
+    cdef floating *gates_h_ptr = &gates_h[0, 0] if gates_h is not None else NULL
+    cdef floating *hn_ptr = &hn_cache[0, 0, 0] if hn_cache is not None else NULL
+    cdef floating *h_ptr
+    cdef floating *c_ptr = NULL
+    if training:
+        h_ptr = &h_seq[0, 0, 0]
+        if c_seq is not None:
+            c_ptr = &c_seq[0, 0, 0]
+    else:
+        h_ptr = &h0_state[0, 0]
+        if c_state is not None:
+            c_ptr = &c_state[0, 0]
+    n_chunks = (T + chunk - 1) // chunk
+    # Split the batch only when each thread gets a few rows: below that the
+    # recurrent GEMM is too small to share.
+    batch_threads = max(1, min(n_threads, B // 4))
+    with nogil:
+        for ci in range(n_chunks):
+            # Chunks follow the processing order: from the end when reversed.
+            if reverse:
+                t_hi = T - ci * chunk
+                t_lo = max(0, t_hi - chunk)
+            else:
+                t_lo = ci * chunk
+                t_hi = min(T, t_lo + chunk)
+            rows = (t_hi - t_lo) * B
+            proj_threads = max(1, min(n_threads, rows // 16))
+            for part in prange(proj_threads, num_threads=proj_threads, schedule="static"):
+                r0 = _block_start(rows, proj_threads, part)
+                r1 = _block_start(rows, proj_threads, part + 1)
+                # gates[r0:r1] = x[t_lo:t_hi].reshape(-1, I)[r0:r1] @ weight_ih.T
+                gemm(False, True, r1 - r0, GH, I, 1, &x[0, 0, 0] + (t_lo * B + r0) * I, I,
+                     &weight_ih[0, 0], I, 0, &gates[0, 0, 0] + r0 * GH, GH)
+            for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
+                b0 = _block_start(B, batch_threads, part)
+                b1 = _block_start(B, batch_threads, part + 1)
+                _recur_rows(cell, b0, b1, t_lo, t_hi, reverse, training, B, H,
+                            &weight_hh[0, 0], &gates[0, 0, 0], gates_h_ptr, hn_ptr,
+                            bias_ptr, bias_hn_ptr, h_ptr, c_ptr, &out[0, 0, 0], out_ld,
+                            out_col, len_ptr)
+
+
+cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
+                    const floating[:, ::1] weight_hh, floating[:, :, ::1] gates,
+                    floating[:, :, ::1] hn_cache, const floating[:, :, ::1] h_seq,
+                    const floating[:, :, ::1] c_seq, const int64_t[::1] lengths, bint reverse,
+                    const floating[:, :, ::1] grad_out, Py_ssize_t out_col,
+                    floating[:, ::1] dh, floating[:, ::1] dh_scratch, floating[:, ::1] dc,
+                    floating[:, :, ::1] grad_x, floating[:, ::1] grad_weight_ih,
+                    floating[:, ::1] grad_weight_hh, floating[::1] grad_bias_ih,
+                    floating[::1] grad_bias_hh, floating[::1] bias_sums, int n_threads):
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1], GH = weight_hh.shape[0]
+    cdef Py_ssize_t TB = T * B, out_ld = grad_out.shape[2], part, b0, b1, k
+    cdef int batch_threads = max(1, min(n_threads, B // 4))
+    cdef const int64_t *len_ptr = &lengths[0] if lengths is not None else NULL
+    cdef floating *hn_ptr = &hn_cache[0, 0, 0] if hn_cache is not None else NULL
+    cdef const floating *c_ptr = &c_seq[0, 0, 0] if c_seq is not None else NULL
+    cdef floating *dc_ptr = &dc[0, 0] if dc is not None else NULL
+    # The state before each step, (T, B, H): h_seq[:T] forward, h_seq[1:] reversed.
+    cdef const floating *h_before = &h_seq[0, 0, 0] + (B * H if reverse else 0)
+    cdef bint has_bias = grad_bias_ih is not None
+    with nogil:
+        for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
+            b0 = _block_start(B, batch_threads, part)
+            b1 = _block_start(B, batch_threads, part + 1)
+            _backprop_rows(cell, b0, b1, T, reverse, B, H, &weight_hh[0, 0], &gates[0, 0, 0],
+                           hn_ptr, &h_seq[0, 0, 0], c_ptr, &grad_out[0, 0, 0], out_ld, out_col,
+                           &dh[0, 0], &dh_scratch[0, 0], dc_ptr, len_ptr)
+        # gates now holds the input-side pre-activation gradients dgates (T*B, G*H).
+        # grad_x += dgates @ weight_ih
+        _gemm_split_rows(n_threads, False, False, TB, I, GH, &gates[0, 0, 0], GH,
+                         &weight_ih[0, 0], I, 1, &grad_x[0, 0, 0], I)
+        # grad_weight_ih += dgates.T @ x
+        _gemm_split_rows(n_threads, True, False, GH, I, TB, &gates[0, 0, 0], GH,
+                         &x[0, 0, 0], I, 1, &grad_weight_ih[0, 0], I)
+        if cell == GRU:
+            # grad_weight_hh[:2H] += d(r, z).T @ h_before
+            _gemm_split_rows(n_threads, True, False, 2 * H, H, TB, &gates[0, 0, 0], GH,
+                             h_before, H, 1, &grad_weight_hh[0, 0], H)
+            # grad_weight_hh[2H:] += d(hn).T @ h_before
+            _gemm_split_rows(n_threads, True, False, H, H, TB, hn_ptr, H,
+                             h_before, H, 1, &grad_weight_hh[2 * H, 0], H)
+        else:
+            # grad_weight_hh += dgates.T @ h_before
+            _gemm_split_rows(n_threads, True, False, GH, H, TB, &gates[0, 0, 0], GH,
+                             h_before, H, 1, &grad_weight_hh[0, 0], H)
+        if has_bias:
+            # grad_bias_ih += dgates.sum(0); grad_bias_hh too, but for GRU's n part
+            _column_sums(TB, GH, &gates[0, 0, 0], GH, &bias_sums[0], n_threads)
+            for k in range(GH):
+                grad_bias_ih[k] += bias_sums[k]
+                if cell != GRU or k < 2 * H:
+                    grad_bias_hh[k] += bias_sums[k]
+            if cell == GRU:
+                # grad_bias_hh[2H:] += d(hn).sum(0)
+                _column_sums(TB, H, hn_ptr, H, &bias_sums[0], n_threads)
+                for k in range(H):
+                    grad_bias_hh[2 * H + k] += bias_sums[k]
+
+
+# --------------------------------------------------------------------------
+# Python entry points (same contract as fastrnn.reference).
+# --------------------------------------------------------------------------
+
+def _check(name, a, shape, dtype):
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+
+
+def _check_lengths(lengths, B, T):
+    if lengths is None:
+        return None
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
+    if B and (lengths.min() < 1 or lengths.max() > T):
+        raise ValueError(f"lengths must be in 1..{T}, got values in "
+                         f"{lengths.min()}..{lengths.max()}")
+    return lengths
+
+
+def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
+            bint reverse, bint training, out, Py_ssize_t out_col, int n_threads):
+    """One layer, one direction; see fastrnn.reference.forward for the contract."""
+    cdef Py_ssize_t G = gate_count(cell), T, B, I, H
+    if x.ndim != 3:
+        raise ValueError(f"x must be (seq_len, batch, input_size), got shape {x.shape}")
+    T, B, I = x.shape
+    dtype = x.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"x must be float32 or float64, got {dtype}")
+    H = weight_hh.shape[1]
+    _check("weight_ih", weight_ih, (G * H, I), dtype)
+    _check("weight_hh", weight_hh, (G * H, H), dtype)
+    _check("h0", h0, (B, H), dtype)
+    if cell == LSTM:
+        _check("c0", c0, (B, H), dtype)
+    if out.ndim != 3 or out.shape[:2] != (T, B) or not 0 <= out_col <= out.shape[2] - H:
+        raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got {out.shape} "
+                         f"with out_col={out_col}")
+    _check("out", out, out.shape, dtype)
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    lengths = _check_lengths(lengths, B, T)
+    if T == 0 or B == 0:
+        raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {x.shape}")
+    bias = bias_hn = None
+    if bias_ih is not None:
+        _check("bias_ih", bias_ih, (G * H,), dtype)
+        _check("bias_hh", bias_hh, (G * H,), dtype)
+        # Biases enter the fused elementwise pass added once: b_ih + b_hh, except
+        # GRU's n gate, where b_hn sits inside r * (W_hn h + b_hn).
+        bias = bias_ih + bias_hh
+        if cell == GRU:
+            bias[2 * H:] = bias_ih[2 * H:]
+            bias_hn = np.ascontiguousarray(bias_hh[2 * H:])
+
+    h_state = h_seq = c_state = c_seq = hn_cache = gates_h = None
+    if training:
+        chunk = T
+        h_seq = np.empty((T + 1, B, H), dtype)
+        h_seq[T if reverse else 0] = h0
+        if cell == LSTM:
+            c_seq = np.empty((T + 1, B, H), dtype)
+            c_seq[T if reverse else 0] = c0
+        if cell == GRU:
+            hn_cache = np.empty((T, B, H), dtype)
+    else:
+        chunk = min(T, max(1, PROJECTION_ROWS // B))
+        h_state = np.array(h0, dtype=dtype, order="C")
+        if cell == LSTM:
+            c_state = np.array(c0, dtype=dtype, order="C")
+    if cell == GRU:
+        gates_h = np.empty((B, G * H), dtype)
+    gates = np.empty((chunk, B, G * H), dtype)
+
+    if dtype == np.float32:
+        _forward_impl[float](cell, x, weight_ih, weight_hh, bias, bias_hn, h_state, h_seq,
+                             c_state, c_seq, gates, gates_h, hn_cache, lengths, reverse,
+                             training, out, out_col, n_threads)
+    else:
+        _forward_impl[double](cell, x, weight_ih, weight_hh, bias, bias_hn, h_state, h_seq,
+                              c_state, c_seq, gates, gates_h, hn_cache, lengths, reverse,
+                              training, out, out_col, n_threads)
+    if not training:
+        return h_state, c_state, None
+    last = 0 if reverse else T
+    h_n = h_seq[last].copy()
+    c_n = c_seq[last].copy() if cell == LSTM else None
+    return h_n, c_n, {"cell": cell, "gates": gates, "h_seq": h_seq, "c_seq": c_seq,
+                      "hn": hn_cache, "reverse": reverse, "consumed": False}
+
+
+def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
+             Py_ssize_t out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh,
+             grad_bias_ih, grad_bias_hh, int n_threads):
+    """One layer, one direction; see fastrnn.reference.backward for the contract.
+
+    The cache is consumed: its gate activations are overwritten by gradients.
+    """
+    cdef Py_ssize_t G = gate_count(cell), T, B, I, H
+    if cache is None or cache.get("consumed", True):
+        raise RuntimeError("backward needs the cache of a training-mode forward, "
+                           "and can use it once")
+    if cache["cell"] != cell or cache["reverse"] != reverse:
+        raise ValueError("cache comes from a forward of another cell or direction")
+    T, B, I = x.shape
+    dtype = x.dtype
+    H = weight_hh.shape[1]
+    gates = cache["gates"]
+    _check("cache gates", gates, (T, B, G * H), dtype)
+    _check("weight_ih", weight_ih, (G * H, I), dtype)
+    _check("weight_hh", weight_hh, (G * H, H), dtype)
+    if grad_out.ndim != 3 or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H:
+        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
+                         f"{grad_out.shape} with out_col={out_col}")
+    _check("grad_out", grad_out, grad_out.shape, dtype)
+    _check("grad_x", grad_x, (T, B, I), dtype)
+    _check("grad_weight_ih", grad_weight_ih, (G * H, I), dtype)
+    _check("grad_weight_hh", grad_weight_hh, (G * H, H), dtype)
+    if grad_bias_ih is not None:
+        _check("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
+        _check("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    lengths = _check_lengths(lengths, B, T)
+    dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype)
+    _check("grad_h_n", dh, (B, H), dtype)
+    dc = None
+    if cell == LSTM:
+        dc = np.zeros((B, H), dtype) if grad_c_n is None else np.array(grad_c_n, dtype=dtype)
+        _check("grad_c_n", dc, (B, H), dtype)
+    dh_scratch = np.empty((B, H), dtype)
+    bias_sums = np.empty(G * H, dtype) if grad_bias_ih is not None else None
+    cache["consumed"] = True
+    if dtype == np.float32:
+        _backward_impl[float](cell, x, weight_ih, weight_hh, gates, cache["hn"],
+                              cache["h_seq"], cache["c_seq"], lengths, reverse, grad_out,
+                              out_col, dh, dh_scratch, dc, grad_x, grad_weight_ih,
+                              grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads)
+    else:
+        _backward_impl[double](cell, x, weight_ih, weight_hh, gates, cache["hn"],
+                               cache["h_seq"], cache["c_seq"], lengths, reverse, grad_out,
+                               out_col, dh, dh_scratch, dc, grad_x, grad_weight_ih,
+                               grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads)
+    return dh, dc
