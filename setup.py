@@ -16,8 +16,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# _blas.pxd and _activations.pxd hold only inline helpers: they compile into the kernels.
-MODULES = ["_openmp", "_recurrent"]
+# _blas.pxd and the C headers hold only inline helpers: they compile into the kernels.
+MODULES = ["_openmp", "_recurrent", "_packed"]
 
 
 def _compiler_supports_openmp(compiler):

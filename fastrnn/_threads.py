@@ -8,6 +8,8 @@ the cores, so every kernel call runs under ``single_threaded_blas()``.
 import contextlib
 import warnings
 
+import numpy as np
+
 from . import _openmp
 
 _default_n_threads = None
@@ -20,9 +22,7 @@ def set_num_threads(n_threads):
     OMP_NUM_THREADS). Negative values count back from that: -1 is all of them.
     """
     global _default_n_threads
-    if n_threads is not None:
-        _check_n_threads(n_threads)
-    _default_n_threads = n_threads
+    _default_n_threads = None if n_threads is None else _check_n_threads(n_threads)
 
 
 def get_num_threads():
@@ -31,8 +31,10 @@ def get_num_threads():
 
 
 def _check_n_threads(n_threads):
-    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads == 0:
+    if (isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer))
+            or n_threads == 0):
         raise ValueError(f"n_threads must be None or a non-zero int, got {n_threads!r}")
+    return int(n_threads)
 
 
 def resolve_n_threads(n_threads):
@@ -48,7 +50,7 @@ def resolve_n_threads(n_threads):
     max_threads = _openmp.max_threads()
     if n_threads is None:
         return max_threads
-    _check_n_threads(n_threads)
+    n_threads = _check_n_threads(n_threads)
     if n_threads < 0:
         return max(1, max_threads + 1 + n_threads)
     return n_threads

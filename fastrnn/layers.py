@@ -16,8 +16,8 @@ Conventions a user can rely on:
 """
 import numpy as np
 
-from . import _recurrent, reference
-from ._threads import resolve_n_threads, single_threaded_blas
+from . import _packed, _recurrent, reference
+from ._threads import _check_n_threads, resolve_n_threads, single_threaded_blas
 
 _IMPLS = {"cython": _recurrent, "reference": reference}
 _CELLS = {
@@ -72,6 +72,7 @@ class _RNNBase:
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._cache = None
+        self._packed = {}
         self._params = {}
         self.reset_parameters()
         self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
@@ -87,6 +88,14 @@ class _RNNBase:
         if value not in _IMPLS:
             raise ValueError(f"impl must be one of {sorted(_IMPLS)}, got {value!r}")
         self._impl = value
+
+    @property
+    def n_threads(self):
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value):
+        self._n_threads = None if value is None else _check_n_threads(value)
 
     @property
     def num_directions(self):
@@ -120,6 +129,7 @@ class _RNNBase:
     def reset_parameters(self):
         """PyTorch's default: every parameter uniform in +-1/sqrt(hidden_size)."""
         bound = 1.0 / np.sqrt(self.hidden_size)
+        self._unpack()
         self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
                         for name, shape in self._param_shapes().items()}
 
@@ -153,9 +163,31 @@ class _RNNBase:
 
     def train(self, mode=True):
         self.training = bool(mode)
-        if not self.training:
+        if self.training:
+            self._unpack()
+        else:
             self._cache = None
         return self
+
+    def _packed_weights(self, index, names):
+        """Inference weights in the packed kernels' layout, packed once.
+
+        While packed copies exist the parameters are read-only, so an in-place
+        edit raises instead of being silently ignored; train() or
+        load_state_dict() drop the copies and make them writable again.
+        """
+        if index not in self._packed:
+            params = [self._params[n] for n in names]
+            self._packed[index] = _packed.pack_weights(
+                self._cell, *params[:2], *(params[2:] if self.bias else (None, None)))
+            for p in params:
+                p.flags.writeable = False
+        return self._packed[index]
+
+    def _unpack(self):
+        self._packed = {}
+        for p in self._params.values():
+            p.flags.writeable = True
 
     def eval(self):
         return self.train(False)
@@ -190,6 +222,7 @@ class _RNNBase:
                 raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
                                  f"got {value.shape}")
             loaded[name] = np.array(value, dtype=self.dtype, order="C")
+        self._unpack()
         self._params.update(loaded)
 
     # -- forward / backward --------------------------------------------------
@@ -252,6 +285,7 @@ class _RNNBase:
             raise ValueError(f"x must be 3-D {self._input_layout()} or 2-D "
                              f"(seq_len, input_size), got shape {x.shape}")
         unbatched = x.ndim == 2
+        user_shape = x.shape
         if unbatched:
             x = x[:, None, :]
         elif self.batch_first:
@@ -259,12 +293,19 @@ class _RNNBase:
         seq_len, batch, features = x.shape
         if features != self.input_size:
             raise ValueError(f"x must have input_size={self.input_size} features in its last "
-                             f"axis {self._input_layout()}, got shape {x.shape if unbatched else self._user_shape(x.shape)}")
+                             f"axis {self._input_layout()}, got shape {user_shape}")
         if seq_len < 1 or batch < 1:
-            raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape "
-                             f"{self._user_shape(x.shape)}")
-        x = np.ascontiguousarray(x)
+            raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {user_shape}")
         lengths = self._check_lengths(lengths, seq_len, batch, unbatched)
+        if self.training:
+            # The backward reads x again: keep a private copy (an in-place edit of the
+            # caller's array must not change the gradients), with padding zeroed so that
+            # NaN or inf there cannot reach the weight gradients (0 * NaN is NaN).
+            x = np.array(x, order="C")
+            if lengths is not None:
+                x[np.arange(seq_len)[:, None] >= lengths[None, :]] = 0
+        else:
+            x = np.ascontiguousarray(x)
         states = self._check_states(hx, batch, unbatched)
         out, final_states, cache = self._run_forward(x, states, lengths)
         self._cache = cache
@@ -301,6 +342,9 @@ class _RNNBase:
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if is_lstm else None
         training = self.training
+        # float32 inference runs on the packed kernels; training, float64 and
+        # the reference use the BLAS-based (or NumPy) path.
+        use_packed = (self._impl == "cython" and not training and self.dtype == np.float32)
         layers = []
         layer_input = x
         with single_threaded_blas():
@@ -312,10 +356,14 @@ class _RNNBase:
                     params = [self._params.get(n) for n in self._names(layer, direction)]
                     weight_ih, weight_hh = params[:2]
                     bias_ih, bias_hh = params[2:] if self.bias else (None, None)
-                    h, c, cache = kernels.forward(
-                        self._cell, layer_input, weight_ih, weight_hh, bias_ih, bias_hh,
-                        h0[index], c0[index] if is_lstm else None, lengths, bool(direction),
-                        training, out, direction * H, n_threads)
+                    args = (self._cell, layer_input, weight_ih, weight_hh, bias_ih, bias_hh,
+                            h0[index], c0[index] if is_lstm else None, lengths, bool(direction),
+                            training, out, direction * H, n_threads)
+                    if use_packed:
+                        packed = self._packed_weights(index, self._names(layer, direction))
+                        h, c, cache = _packed.forward(*args, packed=packed)
+                    else:
+                        h, c, cache = kernels.forward(*args)
                     h_n[index] = h
                     if is_lstm:
                         c_n[index] = c

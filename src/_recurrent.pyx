@@ -22,129 +22,111 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
-from _activations cimport relu, relu_grad, sigmoid, sigmoid_grad, tanh_, tanh_grad
 from _blas cimport gemm
+from _cells cimport GRU, LSTM, RNN_RELU, RNN_TANH
 
 import numpy as np
 
-CELL_RNN_TANH = 0
-CELL_RNN_RELU = 1
-CELL_LSTM = 2
-CELL_GRU = 3
-
-cdef enum:
-    RNN_TANH = 0
-    RNN_RELU = 1
-    LSTM = 2
-    GRU = 3
+from fastrnn._kernel_args import (check_array, check_forward_args, check_lengths,
+                                 fused_biases, gate_count)
 
 # Rows of the chunked input projection in inference: enough for an efficient
 # GEMM, small enough that the workspace is a constant times batch x gates x hidden.
 DEF PROJECTION_ROWS = 128
-
-
-def gate_count(int cell):
-    """Number of gate blocks of hidden_size rows in weight_ih / weight_hh."""
-    if cell == RNN_TANH or cell == RNN_RELU:
-        return 1
-    if cell == LSTM:
-        return 4
-    if cell == GRU:
-        return 3
-    raise ValueError(f"unknown cell {cell!r}")
+# Below this many multiply-adds a parallel region costs more than it saves.
+DEF MIN_PARALLEL_WORK = 32768
 
 
 # --------------------------------------------------------------------------
 # Elementwise step functions: rows [b0, b1) of one time step.
 # --------------------------------------------------------------------------
 
+cdef extern from "_cell_math.h" nogil:
+    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *bias,
+                              const float *c_prev, float *c_new, float *h_new, float *out)
+    void lstm_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates, const double *bias,
+                              const double *c_prev, double *c_new, double *h_new, double *out)
+    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *gates_h,
+                             const float *bias, const float *bias_hn, const float *h_prev,
+                             float *h_new, float *out)
+    void gru_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates, double *gates_h,
+                             const double *bias, const double *bias_hn, const double *h_prev,
+                             double *h_new, double *out)
+    void rnn_forward_row_f32(Py_ssize_t n, int relu, const float *gates, const float *bias,
+                             float *h_new, float *out)
+    void rnn_forward_row_f64(Py_ssize_t n, int relu, const double *gates, const double *bias,
+                             double *h_new, double *out)
+    void lstm_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *c_prev,
+                               const float *c_new, const float *grad_out, const float *dh,
+                               float *dh_prev, float *dc)
+    void lstm_backward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates,
+                               const double *c_prev, const double *c_new,
+                               const double *grad_out, const double *dh, double *dh_prev,
+                               double *dc)
+    void gru_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *hn,
+                              const float *h_prev, const float *grad_out, const float *dh,
+                              float *dh_prev)
+    void gru_backward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates, double *hn,
+                              const double *h_prev, const double *grad_out, const double *dh,
+                              double *dh_prev)
+    void rnn_backward_row_f32(Py_ssize_t n, int relu, float *gates, const float *h_new,
+                              const float *grad_out, const float *dh, float *dh_prev)
+    void rnn_backward_row_f64(Py_ssize_t n, int relu, double *gates, const double *h_new,
+                              const double *grad_out, const double *dh, double *dh_prev)
+
+
 cdef inline bint _active(const int64_t *lengths, Py_ssize_t b, Py_ssize_t t) noexcept nogil:
     return lengths == NULL or t < lengths[b]
 
 
+cdef inline Py_ssize_t _gate_rows(int cell, Py_ssize_t H) noexcept nogil:
+    return H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+
+
 cdef void _step_forward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t H,
-                        floating *gates, const floating *gates_h, floating *hn_cache,
+                        floating *gates, floating *gates_h, floating *hn_cache,
                         const floating *bias, const floating *bias_hn,
                         const floating *h_prev, floating *h_new,
                         const floating *c_prev, floating *c_new,
                         floating *out, Py_ssize_t out_ld,
                         const int64_t *lengths) noexcept nogil:
-    """One fused elementwise pass.
-
-    gates (B, G*H) holds the pre-activations of this step (for GRU the input
-    part only; its recurrent part is gates_h (B, 3H)) and is overwritten with
-    the activations, which is what backward needs. out points at column 0 of
-    this direction's slice of out[t]. h_prev may equal h_new (inference).
+    """One fused elementwise pass over rows [b0, b1) (the row functions of
+    _cell_math.h). gates (B, G*H) holds this step's pre-activations without
+    biases (for GRU the input part; the recurrent part is gates_h (B, 3H)) and
+    is overwritten with the activations. out points at column 0 of this
+    direction's slice of out[t]. hn_cache (GRU training) receives W_hn h + b_hn.
     """
-    cdef Py_ssize_t b, j, GH
-    cdef floating *g
-    cdef const floating *gh
-    cdef floating pre, i_g, f_g, c_g, o_g, c, r_g, z_g, n_g, hn
-    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    cdef Py_ssize_t b, GH = _gate_rows(cell, H)
+    cdef int relu = cell == RNN_RELU
     for b in range(b0, b1):
         if not _active(lengths, b, t):
             # The state passes through unchanged; the output is zero.
-            if h_new != h_prev:
-                memcpy(h_new + b * H, h_prev + b * H, H * sizeof(floating))
-                if cell == LSTM:
-                    memcpy(c_new + b * H, c_prev + b * H, H * sizeof(floating))
+            memcpy(h_new + b * H, h_prev + b * H, H * sizeof(floating))
+            if cell == LSTM:
+                memcpy(c_new + b * H, c_prev + b * H, H * sizeof(floating))
             memset(out + b * out_ld, 0, H * sizeof(floating))
             continue
-        g = gates + b * GH
         if cell == LSTM:
-            for j in range(H):
-                i_g = g[j]
-                f_g = g[H + j]
-                c_g = g[2 * H + j]
-                o_g = g[3 * H + j]
-                if bias != NULL:
-                    i_g = i_g + bias[j]
-                    f_g = f_g + bias[H + j]
-                    c_g = c_g + bias[2 * H + j]
-                    o_g = o_g + bias[3 * H + j]
-                i_g = sigmoid(i_g)
-                f_g = sigmoid(f_g)
-                c_g = tanh_(c_g)
-                o_g = sigmoid(o_g)
-                g[j] = i_g
-                g[H + j] = f_g
-                g[2 * H + j] = c_g
-                g[3 * H + j] = o_g
-                c = f_g * c_prev[b * H + j] + i_g * c_g
-                c_new[b * H + j] = c
-                h_new[b * H + j] = o_g * tanh_(c)
-                out[b * out_ld + j] = h_new[b * H + j]
+            if floating is float:
+                lstm_forward_row_f32(H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
+                                     h_new + b * H, out + b * out_ld)
+            else:
+                lstm_forward_row_f64(H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
+                                     h_new + b * H, out + b * out_ld)
         elif cell == GRU:
-            gh = gates_h + b * GH
-            for j in range(H):
-                r_g = g[j] + gh[j]
-                z_g = g[H + j] + gh[H + j]
-                n_g = g[2 * H + j]
-                hn = gh[2 * H + j]
-                if bias != NULL:
-                    r_g = r_g + bias[j]
-                    z_g = z_g + bias[H + j]
-                    n_g = n_g + bias[2 * H + j]
-                    hn = hn + bias_hn[j]
-                r_g = sigmoid(r_g)
-                z_g = sigmoid(z_g)
-                n_g = tanh_(n_g + r_g * hn)
-                g[j] = r_g
-                g[H + j] = z_g
-                g[2 * H + j] = n_g
-                if hn_cache != NULL:
-                    hn_cache[b * H + j] = hn
-                # PyTorch's form of (1 - z) * n + z * h_prev
-                h_new[b * H + j] = n_g + z_g * (h_prev[b * H + j] - n_g)
-                out[b * out_ld + j] = h_new[b * H + j]
+            if floating is float:
+                gru_forward_row_f32(H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
+                                    h_prev + b * H, h_new + b * H, out + b * out_ld)
+            else:
+                gru_forward_row_f64(H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
+                                    h_prev + b * H, h_new + b * H, out + b * out_ld)
+            if hn_cache != NULL:
+                memcpy(hn_cache + b * H, gates_h + b * GH + 2 * H, H * sizeof(floating))
         else:
-            for j in range(H):
-                pre = g[j]
-                if bias != NULL:
-                    pre = pre + bias[j]
-                pre = tanh_(pre) if cell == RNN_TANH else relu(pre)
-                h_new[b * H + j] = pre
-                out[b * out_ld + j] = pre
+            if floating is float:
+                rnn_forward_row_f32(H, relu, gates + b * GH, bias, h_new + b * H, out + b * out_ld)
+            else:
+                rnn_forward_row_f64(H, relu, gates + b * GH, bias, h_new + b * H, out + b * out_ld)
 
 
 cdef void _step_backward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t H,
@@ -163,47 +145,38 @@ cdef void _step_backward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, P
     dL/dc_{t-1} in place. Inactive rows get zero gate gradients and pass
     dh and dc through.
     """
-    cdef Py_ssize_t b, j, GH
-    cdef floating *g
-    cdef floating dh_t, tc, dc_t, i_g, f_g, c_g, o_g, r_g, z_g, n_g, dn_pre, y
-    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    cdef Py_ssize_t b, GH = _gate_rows(cell, H)
+    cdef int relu = cell == RNN_RELU
     for b in range(b0, b1):
-        g = gates + b * GH
         if not _active(lengths, b, t):
-            memset(g, 0, GH * sizeof(floating))
+            memset(gates + b * GH, 0, GH * sizeof(floating))
             if cell == GRU:
                 memset(hn_cache + b * H, 0, H * sizeof(floating))
             memcpy(dh_prev + b * H, dh + b * H, H * sizeof(floating))
             continue
-        for j in range(H):
-            dh_t = dh[b * H + j] + grad_out[b * out_ld + j]
-            if cell == LSTM:
-                i_g = g[j]
-                f_g = g[H + j]
-                c_g = g[2 * H + j]
-                o_g = g[3 * H + j]
-                tc = tanh_(c_new[b * H + j])
-                dc_t = dc[b * H + j] + dh_t * o_g * tanh_grad(tc)
-                g[j] = dc_t * c_g * sigmoid_grad(i_g)
-                g[H + j] = dc_t * c_prev[b * H + j] * sigmoid_grad(f_g)
-                g[2 * H + j] = dc_t * i_g * tanh_grad(c_g)
-                g[3 * H + j] = dh_t * tc * sigmoid_grad(o_g)
-                dc[b * H + j] = dc_t * f_g
-                dh_prev[b * H + j] = 0
-            elif cell == GRU:
-                r_g = g[j]
-                z_g = g[H + j]
-                n_g = g[2 * H + j]
-                dn_pre = dh_t * (1 - z_g) * tanh_grad(n_g)
-                g[j] = dn_pre * hn_cache[b * H + j] * sigmoid_grad(r_g)
-                g[H + j] = dh_t * (h_prev[b * H + j] - n_g) * sigmoid_grad(z_g)
-                g[2 * H + j] = dn_pre
-                hn_cache[b * H + j] = dn_pre * r_g
-                dh_prev[b * H + j] = dh_t * z_g
+        if cell == LSTM:
+            if floating is float:
+                lstm_backward_row_f32(H, H, gates + b * GH, c_prev + b * H, c_new + b * H,
+                                      grad_out + b * out_ld, dh + b * H, dh_prev + b * H,
+                                      dc + b * H)
             else:
-                y = h_new[b * H + j]
-                g[j] = dh_t * (tanh_grad(y) if cell == RNN_TANH else relu_grad(y))
-                dh_prev[b * H + j] = 0
+                lstm_backward_row_f64(H, H, gates + b * GH, c_prev + b * H, c_new + b * H,
+                                      grad_out + b * out_ld, dh + b * H, dh_prev + b * H,
+                                      dc + b * H)
+        elif cell == GRU:
+            if floating is float:
+                gru_backward_row_f32(H, H, gates + b * GH, hn_cache + b * H, h_prev + b * H,
+                                     grad_out + b * out_ld, dh + b * H, dh_prev + b * H)
+            else:
+                gru_backward_row_f64(H, H, gates + b * GH, hn_cache + b * H, h_prev + b * H,
+                                     grad_out + b * out_ld, dh + b * H, dh_prev + b * H)
+        else:
+            if floating is float:
+                rnn_backward_row_f32(H, relu, gates + b * GH, h_new + b * H,
+                                     grad_out + b * out_ld, dh + b * H, dh_prev + b * H)
+            else:
+                rnn_backward_row_f64(H, relu, gates + b * GH, h_new + b * H,
+                                     grad_out + b * out_ld, dh + b * H, dh_prev + b * H)
 
 
 # --------------------------------------------------------------------------
@@ -211,7 +184,7 @@ cdef void _step_backward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, P
 # --------------------------------------------------------------------------
 
 cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, Py_ssize_t t_hi,
-                      bint reverse, bint training, Py_ssize_t B, Py_ssize_t H,
+                      bint reverse, bint training, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
                       const floating *weight_hh, floating *gates_x, floating *gates_h,
                       floating *hn_cache, const floating *bias, const floating *bias_hn,
                       floating *h_seq, floating *c_seq, floating *out, Py_ssize_t out_ld,
@@ -221,16 +194,17 @@ cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, P
     gates_x holds the projected inputs of steps t_lo..t_hi-1, (t - t_lo, B, G*H).
     Training: h_seq/c_seq are (T+1, B, H) and the state before step t is at
     index t (forward) or t+1 (reverse); hn_cache is (T, B, H) for GRU.
-    Inference: h_seq/c_seq are (B, H) and updated in place.
+    Inference: h_seq/c_seq are (2, B, H), a double buffer: the state before
+    the k-th processed step is at index k % 2.
     """
-    cdef Py_ssize_t s, t, nb = b1 - b0, GH
+    cdef Py_ssize_t s, t, k, nb = b1 - b0, GH
     cdef floating *step_gates
     cdef floating *hn_t = NULL
     cdef floating *h_prev
     cdef floating *h_new
     cdef floating *c_prev = NULL
     cdef floating *c_new = NULL
-    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    GH = _gate_rows(cell, H)
     if nb <= 0:
         return
     for s in range(t_hi - t_lo):
@@ -245,10 +219,12 @@ cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, P
             if cell == GRU:
                 hn_t = hn_cache + t * B * H
         else:
-            h_prev = h_seq
-            h_new = h_seq
-            c_prev = c_seq
-            c_new = c_seq
+            k = (T - 1 - t if reverse else t) % 2
+            h_prev = h_seq + k * B * H
+            h_new = h_seq + (1 - k) * B * H
+            if cell == LSTM:
+                c_prev = c_seq + k * B * H
+                c_new = c_seq + (1 - k) * B * H
         if cell == GRU:
             # gates_h[b0:b1] = h_prev[b0:b1] @ weight_hh.T
             gemm(False, True, nb, GH, H, 1, h_prev + b0 * H, H, weight_hh, H,
@@ -280,7 +256,7 @@ cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
     cdef floating *hn_t = NULL
     cdef const floating *c_prev = NULL
     cdef const floating *c_new = NULL
-    GH = H * (4 if cell == LSTM else 3 if cell == GRU else 1)
+    GH = _gate_rows(cell, H)
     if nb <= 0:
         return
     for s in range(T):
@@ -327,6 +303,8 @@ cdef void _column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_s
     """sums[c] = a[:, c].sum(0) for a (rows, cols) with row stride lda; columns
     split across threads, rows summed in order (deterministic)."""
     cdef Py_ssize_t k, r, c, c0, c1
+    if rows * cols < MIN_PARALLEL_WORK:
+        n_threads = 1
     for k in prange(n_threads, num_threads=n_threads, schedule="static"):
         c0 = _block_start(cols, n_threads, k)
         c1 = _block_start(cols, n_threads, k + 1)
@@ -345,7 +323,7 @@ cdef void _gemm_split_rows(int n_threads, bint trans_a, bint trans_b,
     threads (each calls single-threaded BLAS on its block)."""
     cdef Py_ssize_t part, r0, r1
     cdef int parts = n_threads
-    if m < 16 * parts:
+    if m < 16 * parts or m * n * k < MIN_PARALLEL_WORK:
         parts = 1
     for part in prange(parts, num_threads=parts, schedule="static"):
         r0 = _block_start(m, parts, part)
@@ -362,8 +340,7 @@ cdef void _gemm_split_rows(int n_threads, bint trans_a, bint trans_b,
 
 cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
                    const floating[:, ::1] weight_hh, const floating[::1] bias,
-                   const floating[::1] bias_hn, floating[:, ::1] h0_state,
-                   floating[:, :, ::1] h_seq, floating[:, ::1] c_state,
+                   const floating[::1] bias_hn, floating[:, :, ::1] h_seq,
                    floating[:, :, ::1] c_seq, floating[:, :, ::1] gates,
                    floating[:, ::1] gates_h, floating[:, :, ::1] hn_cache,
                    const int64_t[::1] lengths, bint reverse, bint training,
@@ -374,20 +351,11 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
     cdef Py_ssize_t chunk = gates.shape[0], n_chunks, ci, t_lo, t_hi, rows, part, r0, r1, b0, b1
     cdef int proj_threads, batch_threads
     cdef const int64_t *len_ptr = &lengths[0] if lengths is not None else NULL
-    cdef const floating *bias_ptr = &bias[0] if bias is not None else NULL
+    cdef const floating *bias_ptr = &bias[0]
     cdef const floating *bias_hn_ptr = &bias_hn[0] if bias_hn is not None else NULL
     cdef floating *gates_h_ptr = &gates_h[0, 0] if gates_h is not None else NULL
     cdef floating *hn_ptr = &hn_cache[0, 0, 0] if hn_cache is not None else NULL
-    cdef floating *h_ptr
-    cdef floating *c_ptr = NULL
-    if training:
-        h_ptr = &h_seq[0, 0, 0]
-        if c_seq is not None:
-            c_ptr = &c_seq[0, 0, 0]
-    else:
-        h_ptr = &h0_state[0, 0]
-        if c_state is not None:
-            c_ptr = &c_state[0, 0]
+    cdef floating *c_ptr = &c_seq[0, 0, 0] if c_seq is not None else NULL
     n_chunks = (T + chunk - 1) // chunk
     # Split the batch only when each thread gets a few rows: below that the
     # recurrent GEMM is too small to share.
@@ -412,9 +380,9 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
             for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
                 b0 = _block_start(B, batch_threads, part)
                 b1 = _block_start(B, batch_threads, part + 1)
-                _recur_rows(cell, b0, b1, t_lo, t_hi, reverse, training, B, H,
+                _recur_rows(cell, b0, b1, t_lo, t_hi, reverse, training, T, B, H,
                             &weight_hh[0, 0], &gates[0, 0, 0], gates_h_ptr, hn_ptr,
-                            bias_ptr, bias_hn_ptr, h_ptr, c_ptr, &out[0, 0, 0], out_ld,
+                            bias_ptr, bias_hn_ptr, &h_seq[0, 0, 0], c_ptr, &out[0, 0, 0], out_ld,
                             out_col, len_ptr)
 
 
@@ -481,93 +449,45 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
 # Python entry points (same contract as fastrnn.reference).
 # --------------------------------------------------------------------------
 
-def _check(name, a, shape, dtype):
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-
-
-def _check_lengths(lengths, B, T):
-    if lengths is None:
-        return None
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {lengths.shape}")
-    if B and (lengths.min() < 1 or lengths.max() > T):
-        raise ValueError(f"lengths must be in 1..{T}, got values in "
-                         f"{lengths.min()}..{lengths.max()}")
-    return lengths
-
-
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
             bint reverse, bint training, out, Py_ssize_t out_col, int n_threads):
     """One layer, one direction; see fastrnn.reference.forward for the contract."""
     cdef Py_ssize_t G = gate_count(cell), T, B, I, H
-    if x.ndim != 3:
-        raise ValueError(f"x must be (seq_len, batch, input_size), got shape {x.shape}")
-    T, B, I = x.shape
+    T, B, I, H, lengths = check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh,
+                                             h0, c0, lengths, out, out_col, n_threads)
     dtype = x.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-    H = weight_hh.shape[1]
-    _check("weight_ih", weight_ih, (G * H, I), dtype)
-    _check("weight_hh", weight_hh, (G * H, H), dtype)
-    _check("h0", h0, (B, H), dtype)
-    if cell == LSTM:
-        _check("c0", c0, (B, H), dtype)
-    if out.ndim != 3 or out.shape[:2] != (T, B) or not 0 <= out_col <= out.shape[2] - H:
-        raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got {out.shape} "
-                         f"with out_col={out_col}")
-    _check("out", out, out.shape, dtype)
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    lengths = _check_lengths(lengths, B, T)
-    if T == 0 or B == 0:
-        raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {x.shape}")
-    bias = bias_hn = None
-    if bias_ih is not None:
-        _check("bias_ih", bias_ih, (G * H,), dtype)
-        _check("bias_hh", bias_hh, (G * H,), dtype)
-        # Biases enter the fused elementwise pass added once: b_ih + b_hh, except
-        # GRU's n gate, where b_hn sits inside r * (W_hn h + b_hn).
-        bias = bias_ih + bias_hh
-        if cell == GRU:
-            bias[2 * H:] = bias_ih[2 * H:]
-            bias_hn = np.ascontiguousarray(bias_hh[2 * H:])
+    bias, bias_hn = fused_biases(cell, bias_ih, bias_hh, H, dtype)
 
-    h_state = h_seq = c_state = c_seq = hn_cache = gates_h = None
-    if training:
-        chunk = T
-        h_seq = np.empty((T + 1, B, H), dtype)
-        h_seq[T if reverse else 0] = h0
-        if cell == LSTM:
-            c_seq = np.empty((T + 1, B, H), dtype)
-            c_seq[T if reverse else 0] = c0
-        if cell == GRU:
-            hn_cache = np.empty((T, B, H), dtype)
-    else:
-        chunk = min(T, max(1, PROJECTION_ROWS // B))
-        h_state = np.array(h0, dtype=dtype, order="C")
-        if cell == LSTM:
-            c_state = np.array(c0, dtype=dtype, order="C")
+    # The hidden (and LSTM cell) states: training keeps every step, (T+1, B, H),
+    # with h0 at index 0 (forward) or T (reverse); inference double-buffers
+    # (2, B, H) and the final state is at index T % 2.
+    first = (T if reverse else 0) if training else 0
+    last = (0 if reverse else T) if training else T % 2
+    h_seq = np.empty((T + 1 if training else 2, B, H), dtype)
+    h_seq[first] = h0
+    c_seq = hn_cache = gates_h = None
+    if cell == LSTM:
+        c_seq = np.empty_like(h_seq)
+        c_seq[first] = c0
     if cell == GRU:
         gates_h = np.empty((B, G * H), dtype)
+        if training:
+            hn_cache = np.empty((T, B, H), dtype)
+    chunk = T if training else min(T, max(1, PROJECTION_ROWS // B))
     gates = np.empty((chunk, B, G * H), dtype)
 
     if dtype == np.float32:
-        _forward_impl[float](cell, x, weight_ih, weight_hh, bias, bias_hn, h_state, h_seq,
-                             c_state, c_seq, gates, gates_h, hn_cache, lengths, reverse,
-                             training, out, out_col, n_threads)
+        _forward_impl[float](cell, x, weight_ih, weight_hh, bias, bias_hn, h_seq, c_seq, gates,
+                             gates_h, hn_cache, lengths, reverse, training, out, out_col,
+                             n_threads)
     else:
-        _forward_impl[double](cell, x, weight_ih, weight_hh, bias, bias_hn, h_state, h_seq,
-                              c_state, c_seq, gates, gates_h, hn_cache, lengths, reverse,
-                              training, out, out_col, n_threads)
-    if not training:
-        return h_state, c_state, None
-    last = 0 if reverse else T
+        _forward_impl[double](cell, x, weight_ih, weight_hh, bias, bias_hn, h_seq, c_seq, gates,
+                              gates_h, hn_cache, lengths, reverse, training, out, out_col,
+                              n_threads)
     h_n = h_seq[last].copy()
     c_n = c_seq[last].copy() if cell == LSTM else None
+    if not training:
+        return h_n, c_n, None
     return h_n, c_n, {"cell": cell, "gates": gates, "h_seq": h_seq, "c_seq": c_seq,
                       "hn": hn_cache, "reverse": reverse, "consumed": False}
 
@@ -585,32 +505,41 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                            "and can use it once")
     if cache["cell"] != cell or cache["reverse"] != reverse:
         raise ValueError("cache comes from a forward of another cell or direction")
-    T, B, I = x.shape
-    dtype = x.dtype
-    H = weight_hh.shape[1]
     gates = cache["gates"]
-    _check("cache gates", gates, (T, B, G * H), dtype)
-    _check("weight_ih", weight_ih, (G * H, I), dtype)
-    _check("weight_hh", weight_hh, (G * H, H), dtype)
-    if grad_out.ndim != 3 or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H:
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape != gates.shape[:2] + x.shape[2:]:
+        raise ValueError(f"x must be the forward's input, shape ({gates.shape[0]}, "
+                         f"{gates.shape[1]}, input_size), got {getattr(x, 'shape', None)}")
+    T, B, I = x.shape
+    dtype = gates.dtype
+    check_array("x", x, (T, B, I), dtype)
+    if not isinstance(weight_hh, np.ndarray) or weight_hh.ndim != 2:
+        raise ValueError("weight_hh must be a 2-D array (gates * hidden_size, hidden_size)")
+    H = weight_hh.shape[1]
+    check_array("cache gates", gates, (T, B, G * H), dtype)
+    check_array("weight_ih", weight_ih, (G * H, I), dtype)
+    check_array("weight_hh", weight_hh, (G * H, H), dtype)
+    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
+            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
         raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{grad_out.shape} with out_col={out_col}")
-    _check("grad_out", grad_out, grad_out.shape, dtype)
-    _check("grad_x", grad_x, (T, B, I), dtype)
-    _check("grad_weight_ih", grad_weight_ih, (G * H, I), dtype)
-    _check("grad_weight_hh", grad_weight_hh, (G * H, H), dtype)
+                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
+    check_array("grad_out", grad_out, grad_out.shape, dtype)
+    check_array("grad_x", grad_x, (T, B, I), dtype)
+    check_array("grad_weight_ih", grad_weight_ih, (G * H, I), dtype)
+    check_array("grad_weight_hh", grad_weight_hh, (G * H, H), dtype)
+    if (grad_bias_ih is None) != (grad_bias_hh is None):
+        raise ValueError("grad_bias_ih and grad_bias_hh must both be arrays or both None")
     if grad_bias_ih is not None:
-        _check("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
-        _check("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
+        check_array("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
+        check_array("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    lengths = _check_lengths(lengths, B, T)
-    dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype)
-    _check("grad_h_n", dh, (B, H), dtype)
+    lengths = check_lengths(lengths, B, T)
+    dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype, order="C")
+    check_array("grad_h_n", dh, (B, H), dtype)
     dc = None
     if cell == LSTM:
-        dc = np.zeros((B, H), dtype) if grad_c_n is None else np.array(grad_c_n, dtype=dtype)
-        _check("grad_c_n", dc, (B, H), dtype)
+        dc = np.zeros((B, H), dtype) if grad_c_n is None else np.array(grad_c_n, dtype=dtype, order="C")
+        check_array("grad_c_n", dc, (B, H), dtype)
     dh_scratch = np.empty((B, H), dtype)
     bias_sums = np.empty(G * H, dtype) if grad_bias_ih is not None else None
     cache["consumed"] = True

@@ -1,0 +1,138 @@
+/* Row functions of the cells, included by _cell_math.h once per REAL type.
+ * Every pointer is restrict: callers never pass overlapping rows (inference
+ * double-buffers the state). See _cell_math.h for the layout. */
+
+/* LSTM: gates i, f, g, o -> activations; c_new = f*c_prev + i*g; h = o*tanh(c_new). */
+static FASTRNN_CLONES void SFX(lstm_forward_row)(
+    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict bias,
+    const REAL *restrict c_prev, REAL *restrict c_new, REAL *restrict h_new,
+    REAL *restrict out)
+{
+    REAL *restrict gi = gates, *restrict gf = gates + stride;
+    REAL *restrict gg = gates + 2 * stride, *restrict go = gates + 3 * stride;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        REAL i = SIGMOID(gi[j] + bias[j]);
+        REAL f = SIGMOID(gf[j] + bias[stride + j]);
+        REAL g = TANH(gg[j] + bias[2 * stride + j]);
+        REAL o = SIGMOID(go[j] + bias[3 * stride + j]);
+        REAL c = f * c_prev[j] + i * g;
+        REAL h = o * TANH(c);
+        gi[j] = i;
+        gf[j] = f;
+        gg[j] = g;
+        go[j] = o;
+        c_new[j] = c;
+        h_new[j] = h;
+        out[j] = h;
+    }
+}
+
+/* GRU: gates (input part) r, z, n and gates_h (recurrent part) -> activations
+ * r, z, n in gates; gates_h's n block becomes hn = W_hn h + b_hn (needed by
+ * backward); h_new = (1 - z) * n + z * h_prev in PyTorch's form. */
+static FASTRNN_CLONES void SFX(gru_forward_row)(
+    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, REAL *restrict gates_h,
+    const REAL *restrict bias, const REAL *restrict bias_hn, const REAL *restrict h_prev,
+    REAL *restrict h_new, REAL *restrict out)
+{
+    REAL *restrict gr = gates, *restrict gz = gates + stride, *restrict gn = gates + 2 * stride;
+    const REAL *restrict hr = gates_h, *restrict hz = gates_h + stride;
+    REAL *restrict hn_out = gates_h + 2 * stride;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        REAL r = SIGMOID(gr[j] + hr[j] + bias[j]);
+        REAL z = SIGMOID(gz[j] + hz[j] + bias[stride + j]);
+        REAL hn = hn_out[j] + bias_hn[j];
+        REAL nn = TANH(gn[j] + bias[2 * stride + j] + r * hn);
+        REAL h = nn + z * (h_prev[j] - nn);
+        gr[j] = r;
+        gz[j] = z;
+        gn[j] = nn;
+        hn_out[j] = hn;
+        h_new[j] = h;
+        out[j] = h;
+    }
+}
+
+/* Elman RNN: h = act(gates + bias). */
+static FASTRNN_CLONES void SFX(rnn_forward_row)(
+    ptrdiff_t n, int relu, const REAL *restrict gates, const REAL *restrict bias,
+    REAL *restrict h_new, REAL *restrict out)
+{
+    if (relu) {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            REAL a = gates[j] + bias[j];
+            REAL h = FR_RELU(a);
+            h_new[j] = h;
+            out[j] = h;
+        }
+    } else {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            REAL h = TANH(gates[j] + bias[j]);
+            h_new[j] = h;
+            out[j] = h;
+        }
+    }
+}
+
+/* LSTM backward through the elementwise part. dh_total = dh + grad_out;
+ * gates (activations) become pre-activation gradients; dc (in: dL/dc_t) becomes
+ * dL/dc_{t-1}; dh_prev gets 0 (the rest of dL/dh_{t-1} goes through W_hh). */
+static FASTRNN_CLONES void SFX(lstm_backward_row)(
+    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict c_prev,
+    const REAL *restrict c_new, const REAL *restrict grad_out, const REAL *restrict dh,
+    REAL *restrict dh_prev, REAL *restrict dc)
+{
+    REAL *restrict gi = gates, *restrict gf = gates + stride;
+    REAL *restrict gg = gates + 2 * stride, *restrict go = gates + 3 * stride;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
+        REAL dh_t = dh[j] + grad_out[j];
+        REAL tc = TANH(c_new[j]);
+        REAL dc_t = dc[j] + dh_t * o * (1 - tc * tc);
+        gi[j] = dc_t * g * (i * (1 - i));
+        gf[j] = dc_t * c_prev[j] * (f * (1 - f));
+        gg[j] = dc_t * i * (1 - g * g);
+        go[j] = dh_t * tc * (o * (1 - o));
+        dc[j] = dc_t * f;
+        dh_prev[j] = 0;
+    }
+}
+
+/* GRU backward. gates r, z, n -> input-side gradients (dr, dz, dn); hn (in:
+ * W_hn h + b_hn) becomes the recurrent n-part gradient dn * r; dh_prev gets the
+ * direct term dh * z. */
+static FASTRNN_CLONES void SFX(gru_backward_row)(
+    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, REAL *restrict hn,
+    const REAL *restrict h_prev, const REAL *restrict grad_out, const REAL *restrict dh,
+    REAL *restrict dh_prev)
+{
+    REAL *restrict gr = gates, *restrict gz = gates + stride, *restrict gn = gates + 2 * stride;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        REAL r = gr[j], z = gz[j], nn = gn[j];
+        REAL dh_t = dh[j] + grad_out[j];
+        REAL dn = dh_t * (1 - z) * (1 - nn * nn);
+        gr[j] = dn * hn[j] * (r * (1 - r));
+        gz[j] = dh_t * (h_prev[j] - nn) * (z * (1 - z));
+        gn[j] = dn;
+        hn[j] = dn * r;
+        dh_prev[j] = dh_t * z;
+    }
+}
+
+/* Elman RNN backward: gates <- (dh + grad_out) * act'(h). */
+static FASTRNN_CLONES void SFX(rnn_backward_row)(
+    ptrdiff_t n, int relu, REAL *restrict gates, const REAL *restrict h_new,
+    const REAL *restrict grad_out, const REAL *restrict dh, REAL *restrict dh_prev)
+{
+    if (relu) {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            gates[j] = h_new[j] > 0 ? dh[j] + grad_out[j] : 0;
+            dh_prev[j] = 0;
+        }
+    } else {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            gates[j] = (dh[j] + grad_out[j]) * (1 - h_new[j] * h_new[j]);
+            dh_prev[j] = 0;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+/* Register-tiled float32 GEMM on weights packed once per layer.
+ *
+ * Why not BLAS here: SciPy's OpenBLAS packs both operands on every call, which
+ * dominates the per-step recurrent product at small batch, and it may be
+ * restricted to an older kernel (OPENBLAS_CORETYPE). These kernels read the
+ * weights in the packed layout below, so a thread keeps its slice of W_hh in
+ * its own cache across steps, and the gates of one hidden unit land next to
+ * each other for the fused elementwise pass.
+ *
+ * Packed layout: hidden units are grouped in blocks of `units` (U); a block
+ * holds the G gates of its units, gate-major (columns g*U + j), so it is
+ * G*U = `block_cols` columns wide (a multiple of 64). Block b stores its
+ * weights k-major: P[b][k][c] = W[g*H + b*U + j][k] for c = g*U + j (zero for
+ * units past hidden_size). The product C[r, b*block_cols + c] (+)= sum_k
+ * A[r, k] * P[b][k][c] is the row-major `A @ W.T` restricted to those blocks,
+ * in the packed column order.
+ *
+ * Three variants: AVX-512, AVX2+FMA and baseline x86-64 (SSE2), written once
+ * with GCC vector extensions (_packed_tile.h) and compiled per target; one is
+ * chosen when the module loads (fr_select_isa), and tests can force each.
+ */
+#ifndef FASTRNN_PACKED_GEMM_H
+#define FASTRNN_PACKED_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef void (*fr_gemm_fn)(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
+                           const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
+                           float *C, ptrdiff_t ldc, int accumulate);
+
+#define FR_ISA_GENERIC 0
+#define FR_ISA_AVX2 1
+#define FR_ISA_AVX512 2
+
+#if defined(__GNUC__) && defined(__x86_64__)
+
+/* AVX-512: 6 rows x 64 columns of accumulators (24 zmm registers). */
+#define FR_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define FR_V float __attribute__((vector_size(64)))
+#define FR_W 16
+#define FR_NV 4
+#define FR_MR 6
+#define FR_SFX(name) name##_avx512
+#include "_packed_tile.h"
+
+/* AVX2+FMA: 6 rows x 16 columns (12 ymm registers), the classic Haswell tile. */
+#define FR_TARGET __attribute__((target("avx2,fma")))
+#define FR_V float __attribute__((vector_size(32)))
+#define FR_W 8
+#define FR_NV 2
+#define FR_MR 6
+#define FR_SFX(name) name##_avx2
+#include "_packed_tile.h"
+
+#endif
+
+/* Baseline: 4 rows x 8 columns of SSE2 (or whatever the compiler targets). */
+#define FR_TARGET
+#define FR_V float __attribute__((vector_size(16)))
+#define FR_W 4
+#define FR_NV 2
+#define FR_MR 4
+#define FR_SFX(name) name##_generic
+#include "_packed_tile.h"
+
+static fr_gemm_fn fr_packed_gemm = fr_gemm_generic;
+static int fr_isa = FR_ISA_GENERIC;
+
+static int fr_isa_supported(int isa)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    if (isa == FR_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+               && __builtin_cpu_supports("fma");
+    if (isa == FR_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return isa == FR_ISA_GENERIC;
+}
+
+/* Select a variant; -1 picks the best the CPU supports. Returns the variant
+ * in use, or -1 if the requested one is not supported (nothing changes). */
+static int fr_select_isa(int isa)
+{
+    if (isa < 0) {
+        isa = fr_isa_supported(FR_ISA_AVX512) ? FR_ISA_AVX512
+              : fr_isa_supported(FR_ISA_AVX2) ? FR_ISA_AVX2 : FR_ISA_GENERIC;
+    }
+    if (!fr_isa_supported(isa))
+        return -1;
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (isa == FR_ISA_AVX512)
+        fr_packed_gemm = fr_gemm_avx512;
+    else if (isa == FR_ISA_AVX2)
+        fr_packed_gemm = fr_gemm_avx2;
+    else
+#endif
+        fr_packed_gemm = fr_gemm_generic;
+    fr_isa = isa;
+    return isa;
+}
+
+static int fr_current_isa(void) { return fr_isa; }
+
+static void fr_gemm_packed(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
+                           const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
+                           float *C, ptrdiff_t ldc, int accumulate)
+{
+    fr_packed_gemm(rows, K, A, lda, P, block_cols, n_blocks, C, ldc, accumulate);
+}
+
+/* An OpenMP barrier callable from a Cython parallel block (an orphaned
+ * barrier binds to the innermost enclosing parallel region). */
+static void fr_omp_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+static int fr_omp_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static int fr_omp_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+#endif
