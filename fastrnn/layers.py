@@ -14,6 +14,8 @@ Conventions a user can rely on:
   hold each sequence's state at its own last step and the reverse direction
   starts there: PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)``.
 """
+import contextlib
+
 import numpy as np
 
 from . import _packed, _recurrent, reference
@@ -347,7 +349,8 @@ class _RNNBase:
         use_packed = (self._impl == "cython" and not training and self.dtype == np.float32)
         layers = []
         layer_input = x
-        with single_threaded_blas():
+        # The packed kernels call no BLAS: only the BLAS path needs the limit.
+        with (contextlib.nullcontext() if use_packed else single_threaded_blas()):
             for layer in range(self.num_layers):
                 out = np.empty((seq_len, batch, D * H), self.dtype)
                 direction_caches = []
