@@ -73,6 +73,8 @@ def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, 
         raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got "
                          f"{getattr(out, 'shape', None)} with out_col={out_col}")
     check_array("out", out, out.shape, dtype)
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a C-contiguous, writable array")
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
     return T, B, I, H, check_lengths(lengths, B, T)

@@ -15,10 +15,13 @@ projection needs no barrier either.
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 from cython.parallel cimport parallel
+cimport numpy as cnp
 
 from _cells cimport GRU, LSTM, RNN_RELU
 
 import numpy as np
+
+cnp.import_array()
 
 from fastrnn._kernel_args import check_forward_args, fused_biases, gate_count
 
@@ -77,10 +80,17 @@ def units_per_block(int cell):
     return 16 if cell == LSTM else 64
 
 
-class PackedWeights:
-    """A layer direction's weights in the packed layout of _packed_gemm.h."""
+cdef class PackedWeights:
+    """A layer direction's weights in the packed layout of _packed_gemm.h.
 
-    def __init__(self, cell, weight_ih, weight_hh, bias_ih, bias_hh):
+    Its arrays are built here (C-contiguous float32 of the shapes the kernels
+    read) and cannot be replaced from Python.
+    """
+    cdef readonly int cell
+    cdef readonly Py_ssize_t input_size, hidden_size, units, n_blocks, block_cols
+    cdef readonly object weight_ih, weight_hh, bias, bias_hn
+
+    def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh):
         G = gate_count(cell)
         H = weight_hh.shape[1]
         U = units_per_block(cell)
@@ -116,7 +126,8 @@ def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
 cdef struct Job:
     int cell
     bint reverse, split_hidden
-    Py_ssize_t T, B, I, H, U, block_cols, n_blocks, total_cols, chunk, out_ld, out_col
+    Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
+    Py_ssize_t chunk, out_ld, out_col
     const float *x
     const float *weight_ih
     const float *weight_hh
@@ -138,11 +149,11 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
                        Py_ssize_t k1, Py_ssize_t t, float *step_gates, const float *h_prev,
                        float *h_new, const float *c_prev, float *c_new) noexcept nogil:
     """The fused elementwise pass for rows [r0, r1) and blocks [k0, k1)."""
-    cdef Py_ssize_t b, blk, u0, n, H = job.H, U = job.U, bc = job.block_cols
+    cdef Py_ssize_t b, blk, u0, n, H = job.hidden_size, U = job.U, bc = job.block_cols
     cdef float *g
     cdef float *out_row
     for b in range(r0, r1):
-        out_row = job.out + (t * job.B + b) * job.out_ld + job.out_col
+        out_row = job.out + (t * job.batch + b) * job.out_ld + job.out_col
         for blk in range(k0, k1):
             u0 = blk * U
             n = min(U, H - u0)
@@ -169,7 +180,7 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does: its rows x blocks for every step."""
     cdef Py_ssize_t r0, r1, k0, k1, ci, n_chunks, t_lo, t_hi, s, t, step, parity
-    cdef Py_ssize_t B = job.B, H = job.H, I = job.I, bc = job.block_cols, tc = job.total_cols
+    cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size, bc = job.block_cols, tc = job.total_cols
     cdef float *step_gates
     cdef float *h_prev
     cdef float *h_new
@@ -185,18 +196,18 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
         r1 = _block_start(B, n_threads, tid + 1)
         k0, k1 = 0, job.n_blocks
     busy = r1 > r0 and k1 > k0
-    n_chunks = (job.T + job.chunk - 1) // job.chunk
+    n_chunks = (job.seq_len + job.chunk - 1) // job.chunk
     step = 0
     for ci in range(n_chunks):
         # Chunks follow the processing order: from the end when reversed.
         if job.reverse:
-            t_hi = job.T - ci * job.chunk
+            t_hi = job.seq_len - ci * job.chunk
             t_lo = max(0, t_hi - job.chunk)
         else:
             t_lo = ci * job.chunk
-            t_hi = min(job.T, t_lo + job.chunk)
+            t_hi = min(job.seq_len, t_lo + job.chunk)
         if busy:
-            if job.split_hidden:
+            if r0 == 0 and r1 == B:
                 # gates[:, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
                 fr_gemm_packed((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I,
                                job.weight_ih + k0 * I * bc, bc, k1 - k0,
@@ -238,17 +249,6 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     """One layer, one direction, float32 inference; see fastrnn.reference.forward."""
     cdef Py_ssize_t T, B, I, H
     cdef Job job
-    cdef float[:, :, ::1] gates
-    cdef float[:, ::1] gates_h
-    cdef float[:, :, ::1] h
-    cdef float[:, :, ::1] c
-    cdef const float[:, :, ::1] x_view
-    cdef float[:, :, ::1] out_view
-    cdef const float[:, :, ::1] w_ih
-    cdef const float[:, :, ::1] w_hh
-    cdef const float[::1] bias
-    cdef const float[::1] bias_hn
-    cdef const int64_t[::1] len_view
     cdef int threads
     if training:
         raise ValueError("the packed kernels are for inference: use fastrnn._recurrent "
@@ -263,47 +263,46 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
         raise ValueError("packed weights belong to another cell or shape")
     total_cols = packed.n_blocks * packed.block_cols
     chunk = min(T, max(1, PROJECTION_ROWS // B))
+    # Workspace; every array below is C-contiguous float32 (made here, or checked
+    # by check_forward_args / built by PackedWeights), so raw pointers are safe.
     gates = np.empty((chunk, B, total_cols), np.float32)
     gates_h = np.empty((B, total_cols), np.float32) if cell == GRU else None
     # The state is double-buffered (see _run_thread); the final one is at T % 2.
-    h_arr = np.empty((2, B, H), np.float32)
-    h_arr[0] = h0
-    h = h_arr
-    c_arr = None
+    h = np.empty((2, B, H), np.float32)
+    h[0] = h0
+    c = None
     if cell == LSTM:
-        c_arr = np.empty((2, B, H), np.float32)
-        c_arr[0] = c0
-        c = c_arr
-    x_view, out_view = x, out
-    w_ih, w_hh, bias = packed.weight_ih, packed.weight_hh, packed.bias
+        c = np.empty((2, B, H), np.float32)
+        c[0] = c0
 
     job.cell = cell
     job.reverse = reverse
-    job.T, job.B, job.I, job.H = T, B, I, H
+    job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
     job.U, job.block_cols, job.n_blocks = packed.units, packed.block_cols, packed.n_blocks
     job.total_cols, job.chunk = total_cols, chunk
     job.out_ld, job.out_col = out.shape[2], out_col
-    job.x = &x_view[0, 0, 0]
-    job.weight_ih = &w_ih[0, 0, 0]
-    job.weight_hh = &w_hh[0, 0, 0]
-    job.bias = &bias[0]
-    job.bias_hn = NULL
-    if packed.bias_hn is not None:
-        bias_hn = packed.bias_hn
-        job.bias_hn = &bias_hn[0]
-    job.gates = &gates[0, 0, 0]
-    job.gates_h = &gates_h[0, 0] if gates_h is not None else NULL
-    job.h = &h[0, 0, 0]
-    job.c = &c[0, 0, 0] if c_arr is not None else NULL
-    job.out = &out_view[0, 0, 0]
-    job.lengths = NULL
-    if lengths is not None:
-        len_view = lengths
-        job.lengths = &len_view[0]
+    job.x = <const float *>cnp.PyArray_DATA(x)
+    job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
+    job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
+    job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
+    job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
+                   if packed.bias_hn is not None else NULL)
+    job.gates = <float *>cnp.PyArray_DATA(gates)
+    job.gates_h = <float *>cnp.PyArray_DATA(gates_h) if gates_h is not None else NULL
+    job.h = <float *>cnp.PyArray_DATA(h)
+    job.c = <float *>cnp.PyArray_DATA(c) if c is not None else NULL
+    job.out = <float *>cnp.PyArray_DATA(out)
+    job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
     job.split_hidden = B < MIN_ROWS_PER_THREAD * n_threads
-    threads = n_threads if job.split_hidden else min(n_threads, B // MIN_ROWS_PER_THREAD)
-    threads = max(1, min(threads, <int>packed.n_blocks if job.split_hidden else threads))
-    with nogil, parallel(num_threads=threads):
-        _run_thread(&job, fr_omp_thread_num(), fr_omp_num_threads())
+    if job.split_hidden:
+        threads = min(n_threads, <int>packed.n_blocks)
+    else:
+        threads = min(n_threads, B // MIN_ROWS_PER_THREAD)
+    if threads <= 1:
+        job.split_hidden = False
+        _run_thread(&job, 0, 1)
+    else:
+        with nogil, parallel(num_threads=threads):
+            _run_thread(&job, fr_omp_thread_num(), fr_omp_num_threads())
     final = T % 2
-    return h_arr[final].copy(), (c_arr[final].copy() if c_arr is not None else None), None
+    return h[final].copy(), (c[final].copy() if c is not None else None), None

@@ -28,9 +28,25 @@
 #include <omp.h>
 #endif
 
-typedef void (*fr_gemm_fn)(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
-                           const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
-                           float *C, ptrdiff_t ldc, int accumulate);
+/* C[r, b*block_cols + c] (+)= sum_k A[r, k] * P[b][k][c] for rows r < rows,
+ * blocks b < n_blocks, and only the first n_cols columns in total (the rest
+ * of the last block is padding and is not stored).
+ * A is row-major (row r at A + r*lda), or, when a_block_k > 0, k-blocked:
+ * its columns j*a_block_k .. (j+1)*a_block_k-1 are at A + j*a_block_stride
+ * (rows lda apart). Block b's columns of C start at C + b*c_block_stride
+ * (rows ldc apart): block_cols for a row-major C. */
+typedef struct {
+    ptrdiff_t rows, K;
+    const float *A;
+    ptrdiff_t lda, a_block_k, a_block_stride;
+    const float *P;
+    ptrdiff_t block_cols, n_blocks;
+    float *C;
+    ptrdiff_t ldc, c_block_stride, n_cols;
+    int accumulate;
+} fr_gemm_args;
+
+typedef void (*fr_gemm_fn)(const fr_gemm_args *args);
 
 #define FR_ISA_GENERIC 0
 #define FR_ISA_AVX2 1
@@ -107,11 +123,16 @@ static int fr_select_isa(int isa)
 
 static int fr_current_isa(void) { return fr_isa; }
 
+static void fr_gemm_general(const fr_gemm_args *args) { fr_packed_gemm(args); }
+
+/* The common case: row-major A and C, every column valid. */
 static void fr_gemm_packed(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
                            const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
                            float *C, ptrdiff_t ldc, int accumulate)
 {
-    fr_packed_gemm(rows, K, A, lda, P, block_cols, n_blocks, C, ldc, accumulate);
+    fr_gemm_args g = {rows, K, A, lda, 0, 0, P, block_cols, n_blocks,
+                      C, ldc, block_cols, block_cols * n_blocks, accumulate};
+    fr_packed_gemm(&g);
 }
 
 /* An OpenMP barrier callable from a Cython parallel block (an orphaned

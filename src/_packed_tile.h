@@ -40,36 +40,77 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
             memcpy(C + r * ldc + v * FR_W, &acc[r][v], sizeof(FR_SFX(fr_vec)));
 }
 
-static FR_TARGET void FR_SFX(fr_gemm)(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
-                                      const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
-                                      float *C, ptrdiff_t ldc, int accumulate)
+/* A row tile whose column tile runs past the valid columns: computed in a
+ * local buffer, and only the valid columns are read from and written to C.
+ * Out of line: it is the rare edge, and keeping it apart keeps the hot tile
+ * loop small. */
+static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
+    int mr, ptrdiff_t kc, const float *A, ptrdiff_t lda, const float *Pt,
+    ptrdiff_t ldp, float *C, ptrdiff_t ldc, ptrdiff_t valid, int acc)
 {
+    enum { TILE = FR_NV * FR_W };
+    float tmp[FR_MR * TILE];
+    for (int r = 0; r < mr; r++)
+        for (ptrdiff_t c = 0; c < TILE; c++)
+            tmp[r * TILE + c] = (acc && c < valid) ? C[r * ldc + c] : 0.0f;
+    for (int r0 = 0; r0 < mr; r0++)  /* one row at a time: mr is not a constant here */
+        FR_SFX(fr_tile)(1, kc, A + r0 * lda, lda, Pt, ldp, tmp + r0 * TILE, TILE, 1);
+    for (int r = 0; r < mr; r++)
+        for (ptrdiff_t c = 0; c < valid; c++)
+            C[r * ldc + c] = tmp[r * TILE + c];
+}
+
+#define FR_TILE_ANY(MR_, ...)                                                     \
+    do {                                                                          \
+        if (valid >= FR_NV * FR_W) FR_SFX(fr_tile)(MR_, __VA_ARGS__, acc);        \
+        else FR_SFX(fr_tile_edge)(MR_, __VA_ARGS__, valid, acc);                   \
+    } while (0)
+
+static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
+{
+    /* Locals, so the compiler need not reload them after each store to C. */
+    const ptrdiff_t rows = g->rows, K = g->K, lda = g->lda, ldc = g->ldc;
+    const ptrdiff_t a_block_k = g->a_block_k, a_block_stride = g->a_block_stride;
+    const ptrdiff_t bc = g->block_cols, n_blocks = g->n_blocks, n_cols = g->n_cols;
+    const ptrdiff_t c_block_stride = g->c_block_stride;
+    const float *A = g->A, *P = g->P;
+    float *C = g->C;
+    const int accumulate = g->accumulate;
     /* A slice of the packed weights (k_chunk x tile columns) stays in L1
-     * (about 32 KB) while every row tile of A passes over it. */
+     * (about 32 KB) while every row tile of A passes over it. A k-blocked A
+     * needs chunks that do not cross its blocks. */
     const ptrdiff_t tile_cols = FR_NV * FR_W;
-    const ptrdiff_t k_chunk = 8192 / tile_cols;
+    ptrdiff_t k_chunk = 8192 / tile_cols;
+    if (a_block_k > 0)
+        k_chunk = a_block_k % 64 == 0 ? 64 : a_block_k;
     for (ptrdiff_t blk = 0; blk < n_blocks; blk++) {
-        const float *Pb = P + blk * K * block_cols;
-        float *Cb = C + blk * block_cols;
-        for (ptrdiff_t c0 = 0; c0 < block_cols; c0 += tile_cols) {
+        const float *Pb = P + blk * K * bc;
+        float *Cb = C + blk * c_block_stride;
+        for (ptrdiff_t c0 = 0; c0 < bc; c0 += tile_cols) {
+            const ptrdiff_t valid = n_cols - (blk * bc + c0);
+            if (valid <= 0)
+                break;
             for (ptrdiff_t k0 = 0; k0 < K; k0 += k_chunk) {
-                ptrdiff_t kc = K - k0 < k_chunk ? K - k0 : k_chunk;
-                int acc = accumulate || k0 > 0;
-                const float *Pt = Pb + k0 * block_cols + c0;
+                const ptrdiff_t kc = K - k0 < k_chunk ? K - k0 : k_chunk;
+                const int acc = accumulate || k0 > 0;
+                const float *Pt = Pb + k0 * bc + c0;
+                const float *Ak = a_block_k > 0
+                    ? A + (k0 / a_block_k) * a_block_stride + k0 % a_block_k : A + k0;
                 ptrdiff_t r0 = 0;
                 for (; r0 + FR_MR <= rows; r0 += FR_MR)
-                    FR_SFX(fr_tile)(FR_MR, kc, A + r0 * lda + k0, lda, Pt, block_cols,
-                                    Cb + r0 * ldc + c0, ldc, acc);
+                    FR_TILE_ANY(FR_MR, kc, Ak + r0 * lda, lda, Pt, bc, Cb + r0 * ldc + c0, ldc);
+                const float *Ar = Ak + r0 * lda;
+                float *Cr = Cb + r0 * ldc + c0;
                 switch (rows - r0) {
 #if FR_MR > 5
-                case 5: FR_SFX(fr_tile)(5, kc, A + r0 * lda + k0, lda, Pt, block_cols, Cb + r0 * ldc + c0, ldc, acc); break;
+                case 5: FR_TILE_ANY(5, kc, Ar, lda, Pt, bc, Cr, ldc); break;
 #endif
 #if FR_MR > 4
-                case 4: FR_SFX(fr_tile)(4, kc, A + r0 * lda + k0, lda, Pt, block_cols, Cb + r0 * ldc + c0, ldc, acc); break;
+                case 4: FR_TILE_ANY(4, kc, Ar, lda, Pt, bc, Cr, ldc); break;
 #endif
-                case 3: FR_SFX(fr_tile)(3, kc, A + r0 * lda + k0, lda, Pt, block_cols, Cb + r0 * ldc + c0, ldc, acc); break;
-                case 2: FR_SFX(fr_tile)(2, kc, A + r0 * lda + k0, lda, Pt, block_cols, Cb + r0 * ldc + c0, ldc, acc); break;
-                case 1: FR_SFX(fr_tile)(1, kc, A + r0 * lda + k0, lda, Pt, block_cols, Cb + r0 * ldc + c0, ldc, acc); break;
+                case 3: FR_TILE_ANY(3, kc, Ar, lda, Pt, bc, Cr, ldc); break;
+                case 2: FR_TILE_ANY(2, kc, Ar, lda, Pt, bc, Cr, ldc); break;
+                case 1: FR_TILE_ANY(1, kc, Ar, lda, Pt, bc, Cr, ldc); break;
                 default: break;
                 }
             }
@@ -83,3 +124,4 @@ static FR_TARGET void FR_SFX(fr_gemm)(ptrdiff_t rows, ptrdiff_t K, const float *
 #undef FR_NV
 #undef FR_MR
 #undef FR_SFX
+#undef FR_TILE_ANY
