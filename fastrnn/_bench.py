@@ -79,6 +79,11 @@ class Row:
         return f"RNN({self.nonlinearity})" if self.mode == "RNN" else self.mode
 
     @property
+    def slug(self):
+        """The name as one identifier-like token (pytest ids, ``-k``)."""
+        return re.sub(r"[^A-Za-z0-9]+", "-", self.name.replace("=", "")).strip("-")
+
+    @property
     def name(self):
         layers = f" L={self.num_layers}" if self.num_layers != 1 else ""
         if self.kind == "stream":
@@ -172,12 +177,13 @@ ROWS = _suite()
 
 
 def select_rows(patterns=None, rows=None):
-    """Rows whose name contains any of the (case-insensitive) substrings."""
+    """Rows whose name (or slug) contains any of the case-insensitive substrings."""
     rows = ROWS if rows is None else rows
     if not patterns:
         return list(rows)
     patterns = [p.strip().lower() for p in patterns if p.strip()]
-    return [r for r in rows if any(p in r.name.lower() for p in patterns)]
+    return [r for r in rows
+            if any(p in r.name.lower() or p in r.slug.lower() for p in patterns)]
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +196,7 @@ class Problem:
     weights: Dict[str, np.ndarray]   # PyTorch names, float32
     x: np.ndarray                    # (T, B, I); stream rows: unused (see xs)
     grad_out: Optional[np.ndarray]   # (T, B, H) for train rows
-    xs: Optional[np.ndarray]         # stream rows: (steps, 1, 1, I), one input per step
+    xs: Optional[np.ndarray]         # stream rows: (n, 1, 1, I), one input per step
     steps: int                       # stream rows: steps per timed unit
     check_steps: int                 # stream rows: steps of the agreement check
 
@@ -205,13 +211,16 @@ def make_layer(row, impl="cython", seed=0, n_threads=None):
     return cls(row.I, row.H, **kwargs)
 
 
-def make_problem(row, seed=0, steps=100):
+def make_problem(row, seed=0, steps=100, check_steps=20):
+    """Weights (fastrnn's default initialisation, seeded) and standard normal
+    inputs. Stream rows: ``steps`` steps per timed unit, ``check_steps`` in the
+    agreement check."""
     rng = np.random.default_rng(seed)
     weights = make_layer(row, "reference", seed=seed).state_dict()
     if row.kind == "stream":
-        steps = max(1, int(steps))
-        xs = rng.standard_normal((steps, 1, 1, row.I)).astype(np.float32)
-        return Problem(row, weights, xs[0], None, xs, steps, min(steps, 20))
+        steps, check_steps = max(1, int(steps)), max(1, int(check_steps))
+        xs = rng.standard_normal((max(steps, check_steps), 1, 1, row.I)).astype(np.float32)
+        return Problem(row, weights, xs[0], None, xs, steps, check_steps)
     x = rng.standard_normal((row.T, row.B, row.I)).astype(np.float32)
     grad_out = (rng.standard_normal((row.T, row.B, row.H)).astype(np.float32)
                 if row.kind == "train" else None)
@@ -423,7 +432,7 @@ class TorchEngine(Engine):
             return Prepared(run, check)
 
         module.eval()
-        xs = [torch.from_numpy(problem.xs[t]) for t in range(problem.steps)]
+        xs = [torch.from_numpy(x) for x in problem.xs]
         zero = _zeros_state(row)
         zero = ((torch.from_numpy(zero), torch.from_numpy(zero.copy())) if is_lstm
                 else torch.from_numpy(zero))
@@ -464,7 +473,7 @@ class TorchCellEngine(TorchEngine):
         cell.load_state_dict({k[:-3]: torch.from_numpy(v.copy())
                               for k, v in problem.weights.items()})  # weight_ih_l0 -> weight_ih
         is_lstm = row.mode == "LSTM"
-        xs = [torch.from_numpy(problem.xs[t, 0]) for t in range(problem.steps)]  # (1, I)
+        xs = [torch.from_numpy(x[0]) for x in problem.xs]  # (1, I) each
         zero = torch.zeros(1, row.H)
         zero = (zero, zero.clone()) if is_lstm else zero
         state = [zero]
@@ -647,8 +656,9 @@ def default_engines(torch=True, ort=True, reference=None):
 
 
 def max_error(actual, expected):
-    """max over the arrays both have of max|a - e| / max(1, max|e|); NaN counts
-    as a disagreement (inf error). Raises if "out" or "h_n" is missing."""
+    """max over the arrays both have of max|a - e| / max(1, max|e|); NaN, inf
+    and a shape mismatch count as disagreements (inf error). Raises if "out" or
+    "h_n" is missing."""
     common = [k for k in expected if k in actual]
     for key in ("out", "h_n"):
         if key not in common:
@@ -658,8 +668,6 @@ def max_error(actual, expected):
         a = np.asarray(actual[key], np.float64)
         e = np.asarray(expected[key], np.float64)
         if a.shape != e.shape:
-            a = a.reshape(e.shape) if a.size == e.size else None
-        if a is None:
             return math.inf
         diff = np.abs(a - e)
         if not np.all(np.isfinite(diff)):
@@ -677,8 +685,9 @@ class Machine:
     """Measures (and caches) the float32 GEMM peak for a thread count and the
     copy bandwidth of a buffer size. ``gemm_size`` = 0 skips the GEMM peaks."""
 
-    def __init__(self, gemm_size=2048, gemm_repeat=3):
+    def __init__(self, gemm_size=2048, gemm_repeat=3, torch=True):
         self.gemm_size = int(gemm_size)
+        self.torch = bool(torch)
         self.gemm_repeat = max(1, int(gemm_repeat))
         self._peaks = {}
         self._bandwidth = {}
@@ -702,13 +711,17 @@ class Machine:
         source = max(peaks, key=peaks.get)
         return peaks[source], source
 
-    def _best_time(self, fn):
+    def _best_time(self, fn, min_seconds=0.3, max_calls=50):
+        """Best of at least ``gemm_repeat`` calls and ``min_seconds`` of calls."""
+        settle()
         fn()
-        best = math.inf
-        for _ in range(self.gemm_repeat):
+        best, calls, began = math.inf, 0, time.perf_counter()
+        while calls < self.gemm_repeat or (time.perf_counter() - began < min_seconds
+                                           and calls < max_calls):
             start = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - start)
+            calls += 1
         return best
 
     def _sgemm(self, n_threads):
@@ -727,7 +740,7 @@ class Machine:
 
     def _torch_mm(self, n_threads, mkldnn=False):
         n = self.gemm_size
-        if n <= 0 or _import_error("torch"):
+        if n <= 0 or not self.torch or _import_error("torch"):
             return None
         import torch
         old = torch.get_num_threads()
@@ -764,7 +777,7 @@ class Machine:
             half = buf.size // 2
             src, dst = buf[:half], buf[half:2 * half]
             np.copyto(dst, src)
-            inner = max(1, int(2e6 // nbytes))      # ~2 MB per timed chunk
+            inner = min(2000, max(1, int(2e6 // nbytes)))   # ~2 MB per timed chunk
             best = math.inf
             for _ in range(7):
                 start = time.perf_counter()
@@ -786,8 +799,6 @@ def physical_limit(row, n_threads, machine):
     per_thread = row.weight_bytes_per_step / n_threads
     bandwidth = machine.copy_bandwidth(per_thread)
     memory = row.steps_streamed * per_thread / bandwidth
-    if row.kind == "stream":
-        compute, memory = compute / row.T, memory / row.T
     return {"seconds": max(compute, memory), "compute_seconds": compute,
             "memory_seconds": memory, "peak_flops": peak, "peak_source": source,
             "bytes_per_step_per_thread": per_thread, "bandwidth": bandwidth,
@@ -892,21 +903,51 @@ def choose_repeat(round_seconds, budget=2.0, low=5, high=20):
     return int(min(high, max(low, math.ceil(budget / round_seconds))))
 
 
+def settle(max_wait=0.1, window=0.002, busy=0.25):
+    """Sleep until this process's worker threads stop spinning: until a
+    ``window`` of sleep costs less than ``busy`` x window of process CPU time
+    (at most ``max_wait`` seconds). OpenMP (libgomp), ONNX Runtime and OpenBLAS
+    thread pools busy-wait for milliseconds after a call (here: ~10 ms for
+    libgomp, ~30 ms for ONNX Runtime), which would slow down the next engine.
+    Returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait:
+        cpu = time.process_time()
+        time.sleep(window)
+        if time.process_time() - cpu < busy * window:
+            break
+    return time.perf_counter() - start
+
+
 def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100, seed=0,
-            budget=2.0, pause=0.0, warmup=None, problem=None):
+            budget=2.0, pause=0.0, settle_threads=None, warmup=None, problem=None):
     """Benchmark one row on ``n_threads``; returns a RowResult.
 
     The fastrnn engine is required (the others are compared with it). Engines
     that are unavailable, do not support the row, or fail are skipped with a
     note (a failure is an "ERROR" note and makes ``agree`` False). ``repeat``
-    None picks 5..20 rounds to fit ``budget`` seconds; ``pause`` seconds of
-    sleep follow each engine call (outside the timings) so that one engine's
-    spinning worker threads do not slow the next one down.
+    None picks 5..20 rounds to fit ``budget`` seconds.
+
+    Thread pools (libgomp, ONNX Runtime, OpenBLAS) busy-wait for 10-30 ms after
+    a call, which slows down whichever engine runs next. So with
+    ``settle_threads`` (default: when ``n_threads`` > 1), each engine's turn in
+    a round is: wait until the process's worker threads are idle (``settle``),
+    one untimed call of the engine when its calls are short (< 20 ms: it wakes
+    the engine's own pool), then the timed call. ``pause`` seconds of sleep
+    follow every call.
     """
     engines = default_engines() if engines is None else list(engines)
     if not any(e.name == "fastrnn" for e in engines):
         raise ValueError("run_row needs the 'fastrnn' engine (the others are compared to it)")
     problem = make_problem(row, seed=seed, steps=steps) if problem is None else problem
+    do_settle = n_threads > 1 if settle_threads is None else bool(settle_threads)
+
+    def rest():
+        waited = settle() if do_settle else 0.0
+        if pause:
+            time.sleep(pause)
+        return waited + pause
+
     notes = []
     prepared = {}
     with _ThreadSettings(n_threads):
@@ -938,20 +979,22 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
                   for name, out in outputs.items()}
 
         # Warm-up (after the check call), timed to choose the repetitions.
-        last = {}
+        call = {}      # seconds of one call
+        overhead = {}  # seconds of settling, pausing and priming around one call
         for name, (engine, prep) in prepared.items():
-            count = warmup
-            if count is None:
+            rest()
+            count = 2 if warmup is None else warmup
+            for i in range(count):
                 start = time.perf_counter()
                 prep.run()
-                last[name] = time.perf_counter() - start
-                count = 1 if last[name] < 0.2 else 0
-            for _ in range(count):
-                start = time.perf_counter()
-                prep.run()
-                last[name] = time.perf_counter() - start
+                call[name] = time.perf_counter() - start
+                overhead[name] = rest()
+                if warmup is None and call[name] > 0.2:
+                    break                       # a big row: one warm-up call is enough
+        prime = {name: do_settle and call.get(name, 0.0) < 0.02 for name in prepared}
         if repeat is None:
-            repeat = choose_repeat(sum(last.values()) + pause * len(prepared), budget)
+            round_seconds = sum(call[n] * (2 if prime[n] else 1) + overhead[n] for n in call)
+            repeat = choose_repeat(round_seconds, budget)
         repeat = max(1, int(repeat))
 
         # Interleaved repetitions: each round runs every engine once, starting
@@ -963,11 +1006,12 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
             for i in range(len(names)):
                 name = names[(r + i) % len(names)]
                 run = prepared[name][1].run
+                if prime[name]:
+                    run()
                 start = perf()
                 run()
                 times[name].append(perf() - start)
-                if pause:
-                    time.sleep(pause)
+                rest()
 
     per_unit = problem.steps if row.kind == "stream" else 1
     results = {}
@@ -1011,8 +1055,7 @@ def format_row(result):
     """The text table of one row and thread count."""
     row = result.row
     what = "per step" if row.kind == "stream" else "per call"
-    flops = row.flops / 1e6
-    lines = [f"{row.name} | threads={result.n_threads} | {flops:,.1f} MFLOP {what} | "
+    lines = [f"{row.name} | threads={result.n_threads} | {_fmt_flops(row.flops)} {what} | "
              f"{result.repeat} rounds"
              + (f" x {result.steps} steps" if row.kind == "stream" else "")]
     peak = result.limit["peak_flops"] if result.limit else None
@@ -1046,6 +1089,13 @@ def format_row(result):
     for note in result.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _fmt_flops(n):
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GFLOP' else 1}f} {unit}"
+    return f"{n:.0f} FLOP"
 
 
 def _fmt_bytes(n):
@@ -1122,8 +1172,7 @@ def environment_lines(threads, machine=None, engines=()):
     if machine is not None and machine.gemm_size > 0:
         for n in threads:
             peaks = machine.gemm_peaks(n)
-            text = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" if v else f"{k} n/a"
-                             for k, v in peaks.items())
+            text = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items() if v)
             lines.append(f"GEMM peak ({machine.gemm_size}^3 float32, {n} thread"
                          f"{'s' if n != 1 else ''}): {text}")
     return lines
@@ -1141,7 +1190,8 @@ def add_arguments(parser):
                         help="an extra row, e.g. 'forward LSTM T=3 B=2 I=8 H=8' or "
                              "'stream GRU H=64' or 'train LSTM L=2 T=35 B=20 H=650' "
                              "(repeatable; with --row only these rows run unless --rows)")
-    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list the rows (those selected by --rows/--row) and exit")
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeat", type=int, default=None,
@@ -1151,10 +1201,16 @@ def add_arguments(parser):
                              "--repeat is not given (default 1.5)")
     parser.add_argument("--steps", type=int, default=100,
                         help="streaming rows: steps per timed round (default 100)")
-    parser.add_argument("--pause", type=float, default=0.001,
-                        help="seconds to sleep after each timed call, so that thread "
-                             "pools spinning after one engine do not slow the next "
-                             "(default 0.001; 0 to disable)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="extra seconds to sleep after each timed call (default 0)")
+    settle_group = parser.add_mutually_exclusive_group()
+    settle_group.add_argument(
+        "--settle", dest="settle", action="store_true", default=None,
+        help="after every call wait until spinning worker threads go idle, so that they "
+             "do not slow down the next engine (default: on with more than 1 thread)")
+    settle_group.add_argument("--no-settle", dest="settle", action="store_false",
+                              help="never wait for worker threads to go idle")
+    parser.set_defaults(settle=None)
     parser.add_argument("--gemm-size", type=int, default=2048,
                         help="N of the NxNxN float32 GEMM timed for the peak "
                              "(default 2048; 0 skips the peak and physical limit)")
@@ -1171,6 +1227,18 @@ def add_arguments(parser):
                      help="never time the NumPy reference (default: small rows only)")
     parser.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
     return parser
+
+
+def _load_warning(n_threads):
+    """A warning if other processes keep the CPUs busy (1-minute load average)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    if load >= 0.75:
+        return (f"WARNING: load average {load:.2f} on {os.cpu_count()} CPUs before the start: "
+                f"other processes may be running; timings (above all those with "
+                f"{n_threads} threads) are then unreliable")
+    return None
 
 
 def _parse_threads(text):
@@ -1200,32 +1268,35 @@ def main(args, out=None):
     patterns = args.rows.split(",") if args.rows else None
     rows = select_rows(patterns) if patterns or not extra else []
     rows += extra
-    if args.list:
-        for row in ROWS:
-            say(row.name)
-        return 0
     if not rows:
         say(f"fastrnn bench: no row matches --rows {args.rows!r} (see --list)")
         return 2
+    if args.list:
+        for row in rows:
+            say(row.name)
+        return 0
     threads = _parse_threads(args.threads)
     reference = True if args.reference else False if args.no_reference else None
     engines = default_engines(torch=not args.no_torch, ort=not args.no_ort, reference=reference)
-    machine = Machine(args.gemm_size)
+    machine = Machine(args.gemm_size, torch=not args.no_torch)
     # (unavailable() imports the optional packages, so their versions print below)
     skipped = sorted({f"{e.group_name} skipped: {e.unavailable()}" for e in engines
                       if e.unavailable()})
+    busy = _load_warning(max(threads))     # before our own GEMMs raise the load
     for line in environment_lines(threads, machine, engines):
         say(line)
     for line in skipped:
         say(f"note: {line}")
+    if busy:
+        say(busy)
     say()
 
     results = []
-    for n in threads:
-        for row in rows:
+    for row in rows:
+        for n in threads:
             result = run_row(row, n, engines, repeat=args.repeat, machine=machine,
                              steps=args.steps, seed=args.seed, budget=args.budget,
-                             pause=args.pause)
+                             pause=args.pause, settle_threads=args.settle)
             result.notes = [n_ for n_ in result.notes if " skipped: " not in n_]
             results.append(result)
             say(format_row(result))
@@ -1242,6 +1313,9 @@ def main(args, out=None):
     if bad:
         say("DISAGREEMENT: " + "; ".join(f"{r.row.name} threads={r.n_threads}" for r in bad))
         return 1
-    say("all engines agree with fastrnn (max|diff| / max(1, max|fastrnn|) < "
-        f"{TOLERANCE:g} on out, h_n, c_n{', dx and all gradients' if any(r.row.kind == 'train' for r in results) else ''})")
+    compared = "out, h_n, c_n"
+    if any(r.row.kind == "train" for r in results):
+        compared += " (training: also dx and every parameter gradient)"
+    say(f"all engines agree with fastrnn: max|diff| / max(1, max|fastrnn|) < {TOLERANCE:g} "
+        f"on {compared}")
     return 0

@@ -80,6 +80,59 @@ def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, 
     return T, B, I, H, check_lengths(lengths, B, T)
 
 
+def check_backward_args(cell, seq_len, batch, hidden_size, dtype, x, weight_ih, weight_hh,
+                        lengths, grad_out, out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih,
+                        grad_weight_hh, grad_bias_ih, grad_bias_hh, n_threads):
+    """Validate a backward call against the forward's sizes (from its cache).
+
+    Returns (input_size, lengths, dh, dc): dh/dc are fresh C-contiguous copies
+    of grad_h_n/grad_c_n (zeros when None; dc None unless LSTM), which the
+    kernels overwrite with dL/dh0, dL/dc0.
+    """
+    T, B, H, G = seq_len, batch, hidden_size, gate_count(cell)
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[:2] != (T, B):
+        raise ValueError(f"x must be the forward's input, shape ({T}, {B}, input_size), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    I = x.shape[2]
+    check_array("x", x, (T, B, I), dtype)
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    check_array("weight_ih", weight_ih, (G * H, I), dtype)
+    check_array("weight_hh", weight_hh, (G * H, H), dtype)
+    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
+            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
+        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
+                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
+    check_array("grad_out", grad_out, grad_out.shape, dtype)
+    if not grad_out.flags.c_contiguous:
+        raise ValueError("grad_out must be C-contiguous (use np.ascontiguousarray)")
+    for name, array, shape in (("grad_x", grad_x, (T, B, I)),
+                               ("grad_weight_ih", grad_weight_ih, (G * H, I)),
+                               ("grad_weight_hh", grad_weight_hh, (G * H, H))):
+        check_array(name, array, shape, dtype)
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise ValueError(f"{name} must be a C-contiguous, writable array")
+    if (grad_bias_ih is None) != (grad_bias_hh is None):
+        raise ValueError("grad_bias_ih and grad_bias_hh must both be arrays or both None")
+    if grad_bias_ih is not None:
+        check_array("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
+        check_array("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    lengths = check_lengths(lengths, B, T)
+    dh = np.zeros((B, H), dtype)
+    if grad_h_n is not None:
+        check_array("grad_h_n", np.asarray(grad_h_n), (B, H), np.asarray(grad_h_n).dtype)
+        dh[...] = grad_h_n
+    dc = None
+    if cell == CELL_LSTM:
+        dc = np.zeros((B, H), dtype)
+        if grad_c_n is not None:
+            check_array("grad_c_n", np.asarray(grad_c_n), (B, H), np.asarray(grad_c_n).dtype)
+            dc[...] = grad_c_n
+    return I, lengths, dh, dc
+
+
 def fused_biases(cell, bias_ih, bias_hh, hidden_size, dtype):
     """The biases as the fused elementwise pass adds them: b_ih + b_hh, except
     GRU's n gate, where b_hn sits inside r * (W_hn h + b_hn). Returns (bias,

@@ -344,9 +344,11 @@ class _RNNBase:
         h_n = np.empty_like(h0)
         c_n = np.empty_like(c0) if is_lstm else None
         training = self.training
-        # float32 inference runs on the packed kernels; training, float64 and
-        # the reference use the BLAS-based (or NumPy) path.
-        use_packed = (self._impl == "cython" and not training and self.dtype == np.float32)
+        # float32 runs on the packed kernels (their own SIMD GEMM); float64 on the
+        # BLAS-based kernels; impl="reference" on NumPy.
+        use_packed = self._impl == "cython" and self.dtype == np.float32
+        if use_packed:
+            kernels = _packed
         layers = []
         layer_input = x
         # The packed kernels call no BLAS: only the BLAS path needs the limit.
@@ -362,11 +364,13 @@ class _RNNBase:
                     args = (self._cell, layer_input, weight_ih, weight_hh, bias_ih, bias_hh,
                             h0[index], c0[index] if is_lstm else None, lengths, bool(direction),
                             training, out, direction * H, n_threads)
-                    if use_packed:
+                    # Inference reuses weights packed once; training packs per call
+                    # (the weights change between steps).
+                    packed = None
+                    if use_packed and not training:
                         packed = self._packed_weights(index, self._names(layer, direction))
-                        h, c, cache = _packed.forward(*args, packed=packed)
-                    else:
-                        h, c, cache = kernels.forward(*args)
+                    h, c, cache = (kernels.forward(*args, packed=packed) if use_packed
+                                   else kernels.forward(*args))
                     h_n[index] = h
                     if is_lstm:
                         c_n[index] = c
@@ -380,7 +384,10 @@ class _RNNBase:
                     layers[-1]["mask"] = mask
                 layer_input = out
         finals = [h_n, c_n] if is_lstm else [h_n]
-        cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads} if training else None
+        cache = None
+        if training:
+            cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads,
+                     "kernels": kernels}
         return layer_input, finals, cache
 
     def backward(self, grad_output, grad_hn=None):
@@ -442,7 +449,7 @@ class _RNNBase:
         return result
 
     def _run_backward(self, cache, grad, grad_states):
-        kernels = _IMPLS[self._impl]
+        kernels = cache["kernels"]
         n_threads = cache["n_threads"]
         lengths = cache["lengths"]
         H, D = self.hidden_size, self.num_directions
@@ -452,7 +459,7 @@ class _RNNBase:
         grad_h0 = np.zeros((count, batch, H), self.dtype)
         grad_c0 = np.zeros((count, batch, H), self.dtype) if is_lstm else None
         grad_layer_out = grad
-        with single_threaded_blas():
+        with (contextlib.nullcontext() if kernels is _packed else single_threaded_blas()):
             for layer in reversed(range(self.num_layers)):
                 entry = cache["layers"][layer]
                 layer_input = entry["input"]

@@ -14,7 +14,7 @@ projection needs no barrier either.
 """
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange
 cimport numpy as cnp
 
 from _cells cimport GRU, LSTM, RNN_RELU
@@ -23,15 +23,23 @@ import numpy as np
 
 cnp.import_array()
 
-from fastrnn._kernel_args import check_forward_args, fused_biases, gate_count
+from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused_biases,
+                                 gate_count)
 
 cdef extern from "_packed_gemm.h" nogil:
     int fr_select_isa(int isa)
     int fr_isa_supported(int isa)
     int fr_current_isa()
-    void fr_gemm_packed(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t lda,
-                        const float *P, Py_ssize_t block_cols, Py_ssize_t n_blocks,
-                        float *C, Py_ssize_t ldc, int accumulate)
+    ctypedef struct fr_gemm_args:
+        Py_ssize_t rows, K
+        const float *A
+        Py_ssize_t lda, a_block_k, a_block_stride
+        const float *P
+        Py_ssize_t block_cols, n_blocks
+        float *C
+        Py_ssize_t ldc, c_block_stride, n_cols
+        int accumulate
+    void fr_gemm_general(const fr_gemm_args *args)
     void fr_omp_barrier()
     int fr_omp_num_threads()
     int fr_omp_thread_num()
@@ -44,6 +52,14 @@ cdef extern from "_cell_math.h" nogil:
                              float *h_new, float *out)
     void rnn_forward_row_f32(Py_ssize_t n, int relu, const float *gates, const float *bias,
                              float *h_new, float *out)
+    void lstm_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *c_prev,
+                               const float *c_new, const float *grad_out, const float *dh,
+                               float *dh_prev, float *dc)
+    void gru_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *hn,
+                              const float *h_prev, const float *grad_out, const float *dh,
+                              float *dh_prev)
+    void rnn_backward_row_f32(Py_ssize_t n, int relu, float *gates, const float *h_new,
+                              const float *grad_out, const float *dh, float *dh_prev)
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
@@ -125,9 +141,14 @@ def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
 
 cdef struct Job:
     int cell
-    bint reverse, split_hidden
+    bint reverse, split_hidden, training
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
+    # Gate (row r, block b) starts at gates + b * gates_block_stride + r * gates_ld:
+    # inference keeps a row-major chunk (ld = total_cols, stride = block_cols),
+    # training the whole sequence block-major (ld = block_cols, stride = T*B*block_cols),
+    # which is the layout the backward's weight-gradient products read.
+    Py_ssize_t gates_ld, gates_block_stride
     const float *x
     const float *weight_ih
     const float *weight_hh
@@ -135,6 +156,7 @@ cdef struct Job:
     const float *bias_hn
     float *gates
     float *gates_h
+    float *hn_cache
     float *h
     float *c
     float *out
@@ -145,12 +167,31 @@ cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k
     return n * k // parts
 
 
+cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t lda,
+                       Py_ssize_t a_block_k, Py_ssize_t a_block_stride, const float *P,
+                       Py_ssize_t block_cols, Py_ssize_t n_blocks, float *C, Py_ssize_t ldc,
+                       Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate) noexcept nogil:
+    """fr_gemm_general with its arguments spelled out (see _packed_gemm.h)."""
+    cdef fr_gemm_args g
+    if rows <= 0 or n_blocks <= 0 or n_cols <= 0:
+        return
+    g.rows, g.K, g.A, g.lda = rows, K, A, lda
+    g.a_block_k, g.a_block_stride = a_block_k, a_block_stride
+    g.P, g.block_cols, g.n_blocks = P, block_cols, n_blocks
+    g.C, g.ldc, g.c_block_stride, g.n_cols = C, ldc, c_block_stride, n_cols
+    g.accumulate = accumulate
+    fr_gemm_general(&g)
+
+
 cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k0,
-                       Py_ssize_t k1, Py_ssize_t t, float *step_gates, const float *h_prev,
+                       Py_ssize_t k1, Py_ssize_t t, Py_ssize_t row0, const float *h_prev,
                        float *h_new, const float *c_prev, float *c_new) noexcept nogil:
-    """The fused elementwise pass for rows [r0, r1) and blocks [k0, k1)."""
+    """The fused elementwise pass for batch rows [r0, r1) and blocks [k0, k1) of
+    step t, whose gate rows start at row0 (t - chunk start) * batch."""
     cdef Py_ssize_t b, blk, u0, n, H = job.hidden_size, U = job.U, bc = job.block_cols
+    cdef Py_ssize_t TB = job.seq_len * job.batch
     cdef float *g
+    cdef float *gh
     cdef float *out_row
     for b in range(r0, r1):
         out_row = job.out + (t * job.batch + b) * job.out_ld + job.out_col
@@ -164,24 +205,29 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
                     memcpy(c_new + b * H + u0, c_prev + b * H + u0, n * sizeof(float))
                 memset(out_row + u0, 0, n * sizeof(float))
                 continue
-            g = step_gates + b * job.total_cols + blk * bc
+            g = job.gates + blk * job.gates_block_stride + (row0 + b) * job.gates_ld
             if job.cell == LSTM:
                 lstm_forward_row_f32(n, U, g, job.bias + blk * bc, c_prev + b * H + u0,
                                      c_new + b * H + u0, h_new + b * H + u0, out_row + u0)
             elif job.cell == GRU:
-                gru_forward_row_f32(n, U, g, job.gates_h + b * job.total_cols + blk * bc,
-                                    job.bias + blk * bc, job.bias_hn + u0, h_prev + b * H + u0,
-                                    h_new + b * H + u0, out_row + u0)
+                gh = job.gates_h + b * job.total_cols + blk * bc
+                gru_forward_row_f32(n, U, g, gh, job.bias + blk * bc, job.bias_hn + u0,
+                                    h_prev + b * H + u0, h_new + b * H + u0, out_row + u0)
+                if job.hn_cache != NULL:
+                    # Backward needs hn = W_hn h + b_hn (block-major, like the gates).
+                    memcpy(job.hn_cache + blk * TB * U + (t * job.batch + b) * U,
+                           gh + 2 * U, n * sizeof(float))
             else:
                 rnn_forward_row_f32(n, job.cell == RNN_RELU, g, job.bias + blk * bc,
                                     h_new + b * H + u0, out_row + u0)
 
 
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
-    """Everything one thread does: its rows x blocks for every step."""
+    """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef Py_ssize_t r0, r1, k0, k1, ci, n_chunks, t_lo, t_hi, s, t, step, parity
-    cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size, bc = job.block_cols, tc = job.total_cols
-    cdef float *step_gates
+    cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size
+    cdef Py_ssize_t bc = job.block_cols, tc = job.total_cols
+    cdef Py_ssize_t gld = job.gates_ld, gbs = job.gates_block_stride
     cdef float *h_prev
     cdef float *h_new
     cdef float *c_prev = NULL
@@ -208,37 +254,44 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
             t_hi = min(job.seq_len, t_lo + job.chunk)
         if busy:
             if r0 == 0 and r1 == B:
-                # gates[:, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
-                fr_gemm_packed((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I,
-                               job.weight_ih + k0 * I * bc, bc, k1 - k0,
-                               job.gates + k0 * bc, tc, 0)
+                # gates[t_lo:t_hi, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
+                _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
+                      job.weight_ih + k0 * I * bc, bc, k1 - k0, job.gates + k0 * gbs, gld, gbs,
+                      (k1 - k0) * bc, 0)
             else:
                 for t in range(t_lo, t_hi):
                     # gates[t, own rows] = x[t, own rows] @ weight_ih.T
-                    fr_gemm_packed(r1 - r0, I, job.x + (t * B + r0) * I, I, job.weight_ih,
-                                   bc, job.n_blocks, job.gates + ((t - t_lo) * B + r0) * tc,
-                                   tc, 0)
+                    _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, bc,
+                          job.n_blocks, job.gates + ((t - t_lo) * B + r0) * gld, gld, gbs, tc, 0)
         for s in range(t_hi - t_lo):
             t = t_hi - 1 - s if job.reverse else t_lo + s
-            # The state is double-buffered: before the k-th step it is at k % 2.
-            parity = step % 2
+            if job.training:
+                # Every state is kept: before step t it is at t (forward) or t + 1 (reverse).
+                h_prev = job.h + (t + 1 if job.reverse else t) * B * H
+                h_new = job.h + (t if job.reverse else t + 1) * B * H
+                if job.cell == LSTM:
+                    c_prev = job.c + (t + 1 if job.reverse else t) * B * H
+                    c_new = job.c + (t if job.reverse else t + 1) * B * H
+            else:
+                # Double buffer: before the k-th step the state is at k % 2.
+                parity = step % 2
+                h_prev = job.h + parity * B * H
+                h_new = job.h + (1 - parity) * B * H
+                if job.cell == LSTM:
+                    c_prev = job.c + parity * B * H
+                    c_new = job.c + (1 - parity) * B * H
             step += 1
-            h_prev = job.h + parity * B * H
-            h_new = job.h + (1 - parity) * B * H
-            if job.cell == LSTM:
-                c_prev = job.c + parity * B * H
-                c_new = job.c + (1 - parity) * B * H
-            step_gates = job.gates + (t - t_lo) * B * tc
             if busy:
                 if job.cell == GRU:
                     # gates_h[own rows, own blocks] = h_prev[own rows] @ weight_hh[own units].T
-                    fr_gemm_packed(r1 - r0, H, h_prev + r0 * H, H, job.weight_hh + k0 * H * bc,
-                                   bc, k1 - k0, job.gates_h + r0 * tc + k0 * bc, tc, 0)
+                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, bc,
+                          k1 - k0, job.gates_h + r0 * tc + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
                 else:
                     # gates[t, own rows, own blocks] += h_prev[own rows] @ weight_hh[own units].T
-                    fr_gemm_packed(r1 - r0, H, h_prev + r0 * H, H, job.weight_hh + k0 * H * bc,
-                                   bc, k1 - k0, step_gates + r0 * tc + k0 * bc, tc, 1)
-                _elementwise(job, r0, r1, k0, k1, t, step_gates, h_prev, h_new, c_prev, c_new)
+                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, bc,
+                          k1 - k0, job.gates + k0 * gbs + ((t - t_lo) * B + r0) * gld, gld, gbs,
+                          (k1 - k0) * bc, 1)
+                _elementwise(job, r0, r1, k0, k1, t, (t - t_lo) * B, h_prev, h_new, c_prev, c_new)
             if job.split_hidden and n_threads > 1:
                 # Every thread reads all of h_new in the next step.
                 fr_omp_barrier()
@@ -246,13 +299,14 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
 
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
             bint reverse, bint training, out, Py_ssize_t out_col, int n_threads, packed=None):
-    """One layer, one direction, float32 inference; see fastrnn.reference.forward."""
-    cdef Py_ssize_t T, B, I, H
+    """One layer, one direction, float32; see fastrnn.reference.forward.
+
+    The training cache holds the gate activations block-major, which is the
+    layout ``backward`` reads.
+    """
+    cdef Py_ssize_t T, B, I, H, TB
     cdef Job job
     cdef int threads
-    if training:
-        raise ValueError("the packed kernels are for inference: use fastrnn._recurrent "
-                         "for a training forward")
     T, B, I, H, lengths = check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh,
                                              h0, c0, lengths, out, out_col, n_threads)
     if x.dtype != np.float32:
@@ -261,24 +315,40 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
         packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh)
     elif (packed.cell, packed.input_size, packed.hidden_size) != (cell, I, H):
         raise ValueError("packed weights belong to another cell or shape")
-    total_cols = packed.n_blocks * packed.block_cols
-    chunk = min(T, max(1, PROJECTION_ROWS // B))
+    TB = T * B
+    U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
+    total_cols = n_blocks * bc
     # Workspace; every array below is C-contiguous float32 (made here, or checked
     # by check_forward_args / built by PackedWeights), so raw pointers are safe.
-    gates = np.empty((chunk, B, total_cols), np.float32)
+    hn_cache = None
+    if training:
+        chunk = T
+        gates = np.empty((n_blocks, TB, bc), np.float32)
+        job.gates_ld, job.gates_block_stride = bc, TB * bc
+        states = T + 1
+        first = T if reverse else 0
+        last = 0 if reverse else T
+        if cell == GRU:
+            hn_cache = np.zeros((n_blocks, TB, U), np.float32)
+    else:
+        chunk = min(T, max(1, PROJECTION_ROWS // B))
+        gates = np.empty((chunk, B, total_cols), np.float32)
+        job.gates_ld, job.gates_block_stride = total_cols, bc
+        states = 2
+        first, last = 0, T % 2
     gates_h = np.empty((B, total_cols), np.float32) if cell == GRU else None
-    # The state is double-buffered (see _run_thread); the final one is at T % 2.
-    h = np.empty((2, B, H), np.float32)
-    h[0] = h0
+    h = np.empty((states, B, H), np.float32)
+    h[first] = h0
     c = None
     if cell == LSTM:
-        c = np.empty((2, B, H), np.float32)
-        c[0] = c0
+        c = np.empty((states, B, H), np.float32)
+        c[first] = c0
 
     job.cell = cell
     job.reverse = reverse
+    job.training = training
     job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
-    job.U, job.block_cols, job.n_blocks = packed.units, packed.block_cols, packed.n_blocks
+    job.U, job.block_cols, job.n_blocks = U, bc, n_blocks
     job.total_cols, job.chunk = total_cols, chunk
     job.out_ld, job.out_col = out.shape[2], out_col
     job.x = <const float *>cnp.PyArray_DATA(x)
@@ -289,13 +359,14 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
                    if packed.bias_hn is not None else NULL)
     job.gates = <float *>cnp.PyArray_DATA(gates)
     job.gates_h = <float *>cnp.PyArray_DATA(gates_h) if gates_h is not None else NULL
+    job.hn_cache = <float *>cnp.PyArray_DATA(hn_cache) if hn_cache is not None else NULL
     job.h = <float *>cnp.PyArray_DATA(h)
     job.c = <float *>cnp.PyArray_DATA(c) if c is not None else NULL
     job.out = <float *>cnp.PyArray_DATA(out)
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
     job.split_hidden = B < MIN_ROWS_PER_THREAD * n_threads
     if job.split_hidden:
-        threads = min(n_threads, <int>packed.n_blocks)
+        threads = min(n_threads, <int>n_blocks)
     else:
         threads = min(n_threads, B // MIN_ROWS_PER_THREAD)
     if threads <= 1:
@@ -304,5 +375,247 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     else:
         with nogil, parallel(num_threads=threads):
             _run_thread(&job, fr_omp_thread_num(), fr_omp_num_threads())
-    final = T % 2
-    return h[final].copy(), (c[final].copy() if c is not None else None), None
+    h_n = h[last].copy()
+    c_n = c[last].copy() if c is not None else None
+    if not training:
+        return h_n, c_n, None
+    return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
+                      "hn": hn_cache, "h_seq": h, "c_seq": c, "consumed": False}
+
+
+# --------------------------------------------------------------------------
+# Backward (BPTT) on the block-major training cache.
+# --------------------------------------------------------------------------
+
+DEF GRAD_BLOCK = 64   # columns per block of the transposed weights packed for backward
+
+
+cdef struct BackJob:
+    int cell
+    bint reverse
+    Py_ssize_t seq_len, batch, hidden_size, U, block_cols, n_blocks, total_cols, out_ld, out_col
+    float *gates          # (n_blocks, T*B, block_cols): activations -> input-side gradients
+    float *grad_h_side    # GRU: (n_blocks, T*B, block_cols) recurrent-side gradients; else = gates
+    float *hn_cache       # GRU: (n_blocks, T*B, U)
+    const float *h
+    const float *c
+    const float *grad_out
+    const float *weight_hh_t   # weight_hh rows in packed order, packed by GRAD_BLOCK columns
+    float *dh
+    float *dh_other
+    float *dc
+    const int64_t *lengths
+
+
+cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """BPTT for batch rows [r0, r1): on entry dh/dc hold dL/dh_n, dL/dc_n; on
+    return dh holds dL/dh0 and dc dL/dc0 for these rows."""
+    cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
+    cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
+    cdef Py_ssize_t s, t, b, blk, u0, n, gate, i_prev, i_new, row
+    cdef float *dh = job.dh
+    cdef float *dh_other = job.dh_other
+    cdef float *tmp
+    cdef float *g
+    cdef float *hn
+    cdef float *dgh
+    cdef const float *go
+    cdef int gate_count = bc // U
+    if r1 <= r0:
+        return
+    for s in range(T):
+        t = s if job.reverse else T - 1 - s
+        i_prev = t + 1 if job.reverse else t
+        i_new = t if job.reverse else t + 1
+        for b in range(r0, r1):
+            row = t * B + b
+            go = job.grad_out + row * job.out_ld + job.out_col
+            for blk in range(job.n_blocks):
+                u0 = blk * U
+                n = min(U, H - u0)
+                g = job.gates + blk * gbs + row * bc
+                if job.lengths != NULL and t >= job.lengths[b]:
+                    # Inactive: no gate gradient; dh and dc pass through.
+                    memset(g, 0, bc * sizeof(float))
+                    if job.cell == GRU:
+                        memset(job.grad_h_side + blk * gbs + row * bc, 0, bc * sizeof(float))
+                    memcpy(dh_other + b * H + u0, dh + b * H + u0, n * sizeof(float))
+                    continue
+                if job.cell == LSTM:
+                    lstm_backward_row_f32(n, U, g, job.c + i_prev * B * H + b * H + u0,
+                                          job.c + i_new * B * H + b * H + u0, go + u0,
+                                          dh + b * H + u0, dh_other + b * H + u0,
+                                          job.dc + b * H + u0)
+                elif job.cell == GRU:
+                    hn = job.hn_cache + blk * TB * U + row * U
+                    gru_backward_row_f32(n, U, g, hn, job.h + i_prev * B * H + b * H + u0,
+                                         go + u0, dh + b * H + u0, dh_other + b * H + u0)
+                else:
+                    rnn_backward_row_f32(n, job.cell == RNN_RELU, g,
+                                         job.h + i_new * B * H + b * H + u0, go + u0,
+                                         dh + b * H + u0, dh_other + b * H + u0)
+                if n < U:
+                    # Padding units of the last block: exact zeros, whatever the
+                    # forward left there (e.g. 0 * inf), so the products below see 0.
+                    for gate in range(gate_count):
+                        memset(g + gate * U + n, 0, (U - n) * sizeof(float))
+                if job.cell == GRU:
+                    # The recurrent side differs in the n block: d(W_hn h) = dn * r.
+                    dgh = job.grad_h_side + blk * gbs + row * bc
+                    memcpy(dgh, g, 2 * U * sizeof(float))
+                    memcpy(dgh + 2 * U, hn, n * sizeof(float))
+                    memset(dgh + 2 * U + n, 0, (U - n) * sizeof(float))
+        # dh_prev[r0:r1] += dgates_h[t, r0:r1] @ weight_hh (gate rows in packed order)
+        _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * bc, bc, bc, gbs,
+              job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
+              dh_other + r0 * H, H, GRAD_BLOCK, H, 1)
+        tmp = dh
+        dh = dh_other
+        dh_other = tmp
+    if T % 2 == 1:
+        # An odd number of swaps left the result in the scratch buffer.
+        memcpy(job.dh + r0 * H, dh + r0 * H, (r1 - r0) * H * sizeof(float))
+
+
+def _to_packed_rows(weight, cell, hidden_size, units):
+    """(G*H, K) -> (n_blocks*G*U, K): rows in packed gate order, zero for padding."""
+    G = gate_count(cell)
+    K = weight.shape[1]
+    n_blocks = -(-hidden_size // units)
+    padded = np.zeros((G, n_blocks * units, K), np.float32)
+    padded[:, :hidden_size] = weight.reshape(G, hidden_size, K)
+    return padded.reshape(G, n_blocks, units, K).transpose(1, 0, 2, 3).reshape(-1, K)
+
+
+def _from_packed_cols(matrix, cell, hidden_size, units):
+    """(K, n_blocks*G*U) in packed gate order -> (G*H, K) in PyTorch's order."""
+    G = gate_count(cell)
+    K = matrix.shape[0]
+    n_blocks = -(-hidden_size // units)
+    blocks = matrix.reshape(K, n_blocks, G, units).transpose(2, 1, 3, 0)
+    return blocks.reshape(G, n_blocks * units, K)[:, :hidden_size].reshape(G * hidden_size, K)
+
+
+def _pack_columns(matrix):
+    """(K, N) -> (ceil(N/GRAD_BLOCK), K, GRAD_BLOCK), the P layout, zero-padded."""
+    K, N = matrix.shape
+    n_blocks = -(-N // GRAD_BLOCK)
+    padded = np.zeros((K, n_blocks * GRAD_BLOCK), np.float32)
+    padded[:, :N] = matrix
+    return np.ascontiguousarray(padded.reshape(K, n_blocks, GRAD_BLOCK).transpose(1, 0, 2))
+
+
+cdef inline float *_ptr(a):
+    return <float *>cnp.PyArray_DATA(a)
+
+
+def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
+             Py_ssize_t out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh,
+             grad_bias_ih, grad_bias_hh, int n_threads):
+    """One layer, one direction, float32; see fastrnn.reference.backward.
+
+    The cache is consumed: its gate activations are overwritten by gradients.
+    """
+    cdef BackJob job
+    cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1
+    cdef Py_ssize_t x_blocks
+    if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
+        raise RuntimeError("backward needs the cache of a training-mode forward of these "
+                           "kernels, and can use it once")
+    if cache["cell"] != cell or cache["reverse"] != reverse:
+        raise ValueError("cache comes from a forward of another cell or direction")
+    packed = cache["packed"]
+    h_seq = cache["h_seq"]
+    T, B, H = h_seq.shape[0] - 1, h_seq.shape[1], h_seq.shape[2]
+    I, lengths, dh, dc = check_backward_args(
+        cell, T, B, H, np.float32, x, weight_ih, weight_hh, lengths, grad_out, out_col,
+        grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+        grad_bias_hh, n_threads)
+    if (packed.input_size, packed.hidden_size) != (I, H):
+        raise ValueError("cache comes from a forward of another shape")
+    cache["consumed"] = True
+    TB = T * B
+    U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
+    tc = n_blocks * bc
+    gates = cache["gates"]
+    grad_h_side = np.empty_like(gates) if cell == GRU else gates
+    # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
+    weight_hh_t = _pack_columns(_to_packed_rows(weight_hh, cell, H, U))
+    weight_ih_t = _pack_columns(_to_packed_rows(weight_ih, cell, H, U))
+    dh_other = np.empty_like(dh)
+
+    job.cell = cell
+    job.reverse = reverse
+    job.seq_len, job.batch, job.hidden_size = T, B, H
+    job.U, job.block_cols, job.n_blocks, job.total_cols = U, bc, n_blocks, tc
+    job.out_ld, job.out_col = grad_out.shape[2], out_col
+    job.gates = _ptr(gates)
+    job.grad_h_side = _ptr(grad_h_side)
+    job.hn_cache = _ptr(cache["hn"]) if cell == GRU else NULL
+    job.h = _ptr(h_seq)
+    job.c = _ptr(cache["c_seq"]) if cell == LSTM else NULL
+    job.grad_out = _ptr(grad_out)
+    job.weight_hh_t = _ptr(weight_hh_t)
+    job.dh = _ptr(dh)
+    job.dh_other = _ptr(dh_other)
+    job.dc = _ptr(dc) if dc is not None else NULL
+    job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
+
+    # The sequential part: rows split across threads (each runs every step).
+    parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        _backprop_rows(&job, 0, B)
+    else:
+        for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
+            _backprop_rows(&job, _block_start(B, parts, part), _block_start(B, parts, part + 1))
+
+    # The products over all steps. Operands that must be row-major with the
+    # steps as the inner dimension are transposed copies (x.T, h_before.T).
+    x_t = np.ascontiguousarray(x.reshape(TB, I).T)
+    h_before = h_seq[1:] if reverse else h_seq[:T]
+    h_t = np.ascontiguousarray(h_before.reshape(TB, H).T)
+    d_weight_ih_t = np.empty((I, tc), np.float32)
+    d_weight_hh_t = np.empty((H, tc), np.float32)
+    d_bias = np.empty((2, tc), np.float32)
+    ones = np.ones((1, TB), np.float32)
+    cdef float *p_gates = _ptr(gates)
+    cdef float *p_gh = _ptr(grad_h_side)
+    cdef float *p_xt = _ptr(x_t)
+    cdef float *p_ht = _ptr(h_t)
+    cdef float *p_dwi = _ptr(d_weight_ih_t)
+    cdef float *p_dwh = _ptr(d_weight_hh_t)
+    cdef float *p_db = _ptr(d_bias)
+    cdef float *p_ones = _ptr(ones)
+    cdef float *p_dx = _ptr(grad_x)
+    cdef const float *p_wit = _ptr(weight_ih_t)
+    x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
+    parts = max(1, min(n_threads, n_blocks))
+    with nogil:
+        for part in prange(parts, num_threads=parts, schedule="static"):
+            k0 = _block_start(n_blocks, parts, part)
+            k1 = _block_start(n_blocks, parts, part + 1)
+            # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
+            _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, bc, k1 - k0,
+                  p_dwi + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
+            _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, bc, k1 - k0,
+                  p_dwh + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            # d_bias[0, own] = dgates.sum(0); d_bias[1, own] = dgates_h.sum(0)
+            _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, bc, k1 - k0,
+                  p_db + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, bc, k1 - k0,
+                  p_db + tc + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+        parts = max(1, min(n_threads, TB // 16))
+        for part in prange(parts, num_threads=parts, schedule="static"):
+            r0 = _block_start(TB, parts, part)
+            r1 = _block_start(TB, parts, part + 1)
+            # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
+            _gemm(r1 - r0, tc, p_gates + r0 * bc, bc, bc, TB * bc, p_wit, GRAD_BLOCK, x_blocks,
+                  p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
+
+    grad_weight_ih += _from_packed_cols(d_weight_ih_t, cell, H, U)
+    grad_weight_hh += _from_packed_cols(d_weight_hh_t, cell, H, U)
+    if grad_bias_ih is not None:
+        grad_bias_ih += _from_packed_cols(d_bias[0:1], cell, H, U)[:, 0]
+        grad_bias_hh += _from_packed_cols(d_bias[1:2], cell, H, U)[:, 0]
+    return dh, dc

@@ -27,8 +27,8 @@ from _cells cimport GRU, LSTM, RNN_RELU, RNN_TANH
 
 import numpy as np
 
-from fastrnn._kernel_args import (check_array, check_forward_args, check_lengths,
-                                 fused_biases, gate_count)
+from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused_biases,
+                                 gate_count)
 
 # Rows of the chunked input projection in inference: enough for an efficient
 # GEMM, small enough that the workspace is a constant times batch x gates x hidden.
@@ -506,40 +506,13 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     if cache["cell"] != cell or cache["reverse"] != reverse:
         raise ValueError("cache comes from a forward of another cell or direction")
     gates = cache["gates"]
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape != gates.shape[:2] + x.shape[2:]:
-        raise ValueError(f"x must be the forward's input, shape ({gates.shape[0]}, "
-                         f"{gates.shape[1]}, input_size), got {getattr(x, 'shape', None)}")
-    T, B, I = x.shape
+    T, B = gates.shape[:2]
+    H = cache["h_seq"].shape[2]
     dtype = gates.dtype
-    check_array("x", x, (T, B, I), dtype)
-    if not isinstance(weight_hh, np.ndarray) or weight_hh.ndim != 2:
-        raise ValueError("weight_hh must be a 2-D array (gates * hidden_size, hidden_size)")
-    H = weight_hh.shape[1]
-    check_array("cache gates", gates, (T, B, G * H), dtype)
-    check_array("weight_ih", weight_ih, (G * H, I), dtype)
-    check_array("weight_hh", weight_hh, (G * H, H), dtype)
-    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
-            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
-        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
-    check_array("grad_out", grad_out, grad_out.shape, dtype)
-    check_array("grad_x", grad_x, (T, B, I), dtype)
-    check_array("grad_weight_ih", grad_weight_ih, (G * H, I), dtype)
-    check_array("grad_weight_hh", grad_weight_hh, (G * H, H), dtype)
-    if (grad_bias_ih is None) != (grad_bias_hh is None):
-        raise ValueError("grad_bias_ih and grad_bias_hh must both be arrays or both None")
-    if grad_bias_ih is not None:
-        check_array("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
-        check_array("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    lengths = check_lengths(lengths, B, T)
-    dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype, order="C")
-    check_array("grad_h_n", dh, (B, H), dtype)
-    dc = None
-    if cell == LSTM:
-        dc = np.zeros((B, H), dtype) if grad_c_n is None else np.array(grad_c_n, dtype=dtype, order="C")
-        check_array("grad_c_n", dc, (B, H), dtype)
+    I, lengths, dh, dc = check_backward_args(
+        cell, T, B, H, dtype, x, weight_ih, weight_hh, lengths, grad_out, out_col, grad_h_n,
+        grad_c_n, grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
+        n_threads)
     dh_scratch = np.empty((B, H), dtype)
     bias_sums = np.empty(G * H, dtype) if grad_bias_ih is not None else None
     cache["consumed"] = True

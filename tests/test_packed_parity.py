@@ -1,4 +1,5 @@
-"""The packed float32 inference kernels (fastrnn._packed) against the reference.
+"""The packed float32 kernels (fastrnn._packed) against the reference: inference,
+and the training forward with its backward.
 
 Every SIMD variant this CPU supports (AVX-512, AVX2+FMA, baseline) is run, with
 1 and 2 threads, on shapes that exercise both thread splits (hidden units at
@@ -130,10 +131,6 @@ def test_isas_agree(cell_name):
 def test_packed_rejects_bad_use():
     cell = CELLS["lstm"]
     problem = _problem(cell, 3, 2, 4, 5, bias=True)
-    with pytest.raises(ValueError, match="inference"):
-        x, wi, wh, bi, bh, h0, c0 = problem
-        _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True,
-                        np.empty((3, 2, 5), np.float32), 0, 1)
     with pytest.raises(TypeError, match="float32"):
         p64 = [None if a is None else a.astype(np.float64) for a in problem]
         _run(_packed, cell, p64, None, False, 1)
@@ -142,3 +139,77 @@ def test_packed_rejects_bad_use():
         _run(_packed, cell, problem, None, False, 1, packed=other)
     with pytest.raises(ValueError, match="isa"):
         _packed.set_isa("sse9")
+
+
+def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
+    """Training forward + backward with random output and state gradients."""
+    x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0 = problem
+    T, B, I = x.shape
+    H = weight_hh.shape[1]
+    dtype = x.dtype
+    out = np.full((T, B, H + 3), np.nan, dtype)
+    h_n, c_n, cache = module.forward(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                                     lengths, reverse, True, out, 2, n_threads)
+    rng = np.random.default_rng(seed)
+    grad_out = rng.standard_normal(out.shape).astype(dtype)
+    grad_h_n = rng.standard_normal((B, H)).astype(dtype)
+    grad_c_n = rng.standard_normal((B, H)).astype(dtype) if c0 is not None else None
+    grads = {"grad_x": np.zeros_like(x), "grad_weight_ih": np.zeros_like(weight_ih),
+             "grad_weight_hh": np.zeros_like(weight_hh),
+             "grad_bias_ih": None if bias_ih is None else np.zeros_like(bias_ih),
+             "grad_bias_hh": None if bias_hh is None else np.zeros_like(bias_hh)}
+    dh0, dc0 = module.backward(cell, cache, x, weight_ih, weight_hh, lengths, reverse, grad_out,
+                               2, grad_h_n, grad_c_n, *grads.values(), n_threads)
+    result = {"out": out[:, :, 2:2 + H], "h_n": h_n, "c_n": c_n, "grad_h0": dh0, "grad_c0": dc0}
+    result.update(grads)
+    return result
+
+
+TRAIN_SHAPES = [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (30, 17, 8, 16), (4, 2, 7, 100),
+                (6, 5, 70, 33), (3, 1, 130, 65)]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("cell_name", CELLS)
+def test_packed_training_matches_reference(isa, cell_name, shape, bias, with_lengths, reverse,
+                                           n_threads):
+    """Outputs and every gradient of the packed training path, against the
+    reference run in float64 on the same (float32-rounded) inputs."""
+    cell = CELLS[cell_name]
+    T, B, I, H = shape
+    problem = _problem(cell, T, B, I, H, bias=bias)
+    lengths = None
+    if with_lengths:
+        lengths = np.random.default_rng(T * B).integers(1, T + 1, B)
+    got = _train(_packed, cell, problem, lengths, reverse, n_threads)
+    problem64 = [None if a is None else a.astype(np.float64) for a in problem]
+    want = _train(reference, cell, problem64, lengths, reverse, 1)
+    for name, expected in want.items():
+        if expected is None:
+            assert got[name] is None, name
+            continue
+        actual = got[name]
+        assert actual.dtype == np.float32, name
+        # float32 kernels against a float64 truth: a few float32 ulps of the
+        # values, and of the largest value for sums over steps.
+        err = np.max(np.abs(actual - expected)) if actual.size else 0.0
+        assert np.allclose(actual, expected, rtol=1e-4, atol=1e-4), \
+            f"{name}: max abs error {err:.3g}"
+
+
+def test_packed_backward_consumes_its_cache():
+    cell = CELLS["gru"]
+    problem = _problem(cell, 4, 3, 5, 6, bias=True)
+    x, wi, wh, bi, bh, h0, c0 = problem
+    out = np.empty((4, 3, 6), np.float32)
+    _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1)
+    grads = [np.zeros_like(a) for a in (x, wi, wh, bi, bh)]
+    _packed.backward(cell, cache, x, wi, wh, None, False, np.ones_like(out), 0, None, None,
+                     *grads, 1)
+    with pytest.raises(RuntimeError, match="once"):
+        _packed.backward(cell, cache, x, wi, wh, None, False, np.ones_like(out), 0, None, None,
+                         *grads, 1)

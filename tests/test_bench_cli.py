@@ -1,0 +1,147 @@
+"""The benchmark machinery (fastrnn/_bench.py) and the command line
+(``python -m fastrnn {info,bench}``), on tiny rows: structure of the results,
+the agreement check (and that a wrong engine is caught), exit statuses."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _bench
+from fastrnn.__main__ import main
+
+TINY = _bench.Row("forward", "LSTM", T=3, B=2, I=8, H=8)
+
+
+class WrongEngine(_bench.FastrnnEngine):
+    """fastrnn with its output perturbed: must be reported as disagreeing."""
+
+    name = "wrong"
+
+    def prepare(self, problem, n_threads):
+        prepared = super().prepare(problem, n_threads)
+        check = prepared.check
+
+        def wrong_check():
+            arrays = check()
+            arrays["out"] = arrays["out"] + 1e-2
+            return arrays
+        prepared.check = wrong_check
+        return prepared
+
+
+def test_run_row_structure_and_agreement():
+    machine = _bench.Machine(gemm_size=32, torch=False)
+    engines = [_bench.FastrnnEngine(), _bench.ReferenceEngine()]
+    result = _bench.run_row(TINY, n_threads=1, engines=engines, repeat=2, machine=machine)
+    assert set(result.engines) == {"fastrnn", "reference"}
+    for engine in result.engines.values():
+        assert len(engine.times) == 2
+        assert engine.median > 0 and engine.min <= engine.median
+    assert result.engines["fastrnn"].agree is None        # the yardstick
+    assert result.engines["reference"].agree is True
+    assert result.engines["reference"].error < _bench.TOLERANCE
+    assert result.agree
+    assert result.ratio("fastrnn") == 1.0
+    assert result.limit is not None and result.limit["seconds"] > 0
+    text = _bench.format_row(result)
+    assert "fastrnn" in text and "reference" in text and "physical limit" in text
+    assert "| yes |" in _bench.format_markdown([result])
+    assert result.to_dict()["engines"]["reference"]["agree"] is True
+
+
+def test_wrong_engine_is_reported_as_disagreeing():
+    engines = [_bench.FastrnnEngine(), WrongEngine()]
+    result = _bench.run_row(TINY, n_threads=1, engines=engines, repeat=2)
+    wrong = result.engines["wrong"]
+    assert wrong.agree is False and wrong.error >= _bench.TOLERANCE
+    assert not result.agree
+    assert "NO" in _bench.format_row(result)
+    assert "**NO**" in _bench.format_markdown([result])
+
+
+@pytest.mark.parametrize("spec", ["forward LSTM T=3 B=2 I=5 H=6", "train GRU T=3 B=2 I=5 H=6",
+                                  "train LSTM L=2 T=3 B=2 I=5 H=6", "stream LSTM I=5 H=6",
+                                  "forward RNN(relu) T=3 B=2 I=5 H=6"])
+def test_torch_agrees(spec):
+    pytest.importorskip("torch")
+    row = _bench.parse_row(spec)
+    engines = [_bench.FastrnnEngine(), _bench.TorchEngine(), _bench.TorchCellEngine()]
+    result = _bench.run_row(row, 1, engines, repeat=2, steps=3)
+    expected = {"fastrnn", "torch"} | ({"torch.cell"} if row.kind == "stream" else set())
+    assert set(result.engines) == expected
+    assert result.agree, _bench.format_row(result)
+    # one line per group: the faster of torch module and cell
+    assert [e.group for e in result.best_of_groups()] == ["fastrnn", "torch"]
+
+
+@pytest.mark.parametrize("spec", ["forward LSTM T=3 B=2 I=5 H=6", "forward GRU T=3 B=2 I=5 H=6",
+                                  "forward RNN(tanh) T=3 B=2 I=5 H=6",
+                                  "forward RNN(relu) T=3 B=2 I=5 H=6",
+                                  "forward LSTM L=2 T=3 B=2 I=5 H=6", "stream GRU I=5 H=6"])
+def test_onnxruntime_agrees(spec):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    row = _bench.parse_row(spec)
+    result = _bench.run_row(row, 1, [_bench.FastrnnEngine(), _bench.OrtEngine()], repeat=2,
+                            steps=3)
+    assert set(result.engines) == {"fastrnn", "onnxruntime"}
+    assert result.agree, _bench.format_row(result)
+
+
+def test_rows_flops_and_parse():
+    for row in _bench.ROWS:
+        assert _bench.parse_row(row.name) == row
+    row = _bench.parse_row("forward LSTM T=100 B=1 I=256 H=256")
+    assert row.flops == 2 * 100 * 1 * 4 * 256 * (256 + 256)
+    train = _bench.Row("train", "GRU", 50, 32, 256, 256)
+    assert train.flops == 3 * 2 * 50 * 32 * 3 * 256 * 512
+    two = _bench.Row("train", "LSTM", 35, 20, 650, 650, num_layers=2)
+    assert two.forward_flops == 2 * (2 * 35 * 20 * 4 * 650 * 1300)
+    with pytest.raises(ValueError):
+        _bench.parse_row("forward LSTMX H=3")
+    assert _bench.select_rows(["stream gru"]) == [r for r in _bench.ROWS
+                                                  if r.kind == "stream" and r.mode == "GRU"]
+
+
+def test_max_error_counts_nan_as_disagreement():
+    a = {"out": np.zeros(3), "h_n": np.zeros(2)}
+    b = {"out": np.array([0.0, np.nan, 0.0]), "h_n": np.zeros(2)}
+    assert _bench.max_error(b, a) == np.inf
+    assert _bench.max_error(a, a) == 0.0
+
+
+def test_cli_bench_runs_and_exit_status(capsys, monkeypatch):
+    args = ["bench", "--row", "forward LSTM T=3 B=2 I=8 H=8", "--threads", "1", "--repeat", "2",
+            "--gemm-size", "32", "--no-torch", "--no-ort", "--markdown"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "forward LSTM T=3 B=2 I=8 H=8" in out and "all engines agree" in out
+    assert "| row | threads | fastrnn |" in out
+
+    real = _bench.default_engines
+    monkeypatch.setattr(_bench, "default_engines",
+                        lambda **kwargs: real(**kwargs) + [WrongEngine()])
+    assert main(args) == 1
+    assert "DISAGREEMENT" in capsys.readouterr().out
+
+
+def test_cli_info():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastrnn.__file__))] + env.get("PYTHONPATH", "").split(os.pathsep))
+    proc = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "fastrnn OpenMP" in proc.stdout and "BLAS" in proc.stdout
+
+
+def test_cli_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert main(["bench", "--rows", "no such row"]) == 2
+    assert main(["bench", "--list"]) == 0
+    assert "forward LSTM T=100 B=1 I=256 H=256" in capsys.readouterr().out
