@@ -75,6 +75,7 @@ class _RNNBase:
         self._rng = np.random.default_rng(seed)
         self._cache = None
         self._packed = {}
+        self._workspaces = {}
         self._params = {}
         self.reset_parameters()
         self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
@@ -185,6 +186,11 @@ class _RNNBase:
             for p in params:
                 p.flags.writeable = False
         return self._packed[index]
+
+    def _workspace(self, index, kind):
+        """Buffers the packed kernels reuse between calls, per layer direction and
+        kind of call (inference, training forward, backward)."""
+        return self._workspaces.setdefault((index, kind), {})
 
     def _unpack(self):
         self._packed = {}
@@ -369,8 +375,9 @@ class _RNNBase:
                     packed = None
                     if use_packed and not training:
                         packed = self._packed_weights(index, self._names(layer, direction))
-                    h, c, cache = (kernels.forward(*args, packed=packed) if use_packed
-                                   else kernels.forward(*args))
+                    h, c, cache = (kernels.forward(*args, packed=packed,
+                                                   workspace=self._workspace(index, training))
+                                   if use_packed else kernels.forward(*args))
                     h_n[index] = h
                     if is_lstm:
                         c_n[index] = c
@@ -470,13 +477,15 @@ class _RNNBase:
                     weight_ih, weight_hh = self._params[names[0]], self._params[names[1]]
                     grad_bias = ((self.grads[names[2]], self.grads[names[3]]) if self.bias
                                  else (None, None))
-                    dh, dc = kernels.backward(
-                        self._cell, entry["caches"][direction], layer_input, weight_ih,
-                        weight_hh, lengths, bool(direction), grad_layer_out, direction * H,
-                        None if grad_states[0] is None else grad_states[0][index],
-                        None if not is_lstm or grad_states[1] is None else grad_states[1][index],
-                        grad_input, self.grads[names[0]], self.grads[names[1]], *grad_bias,
-                        n_threads)
+                    args = (self._cell, entry["caches"][direction], layer_input, weight_ih,
+                            weight_hh, lengths, bool(direction), grad_layer_out, direction * H,
+                            None if grad_states[0] is None else grad_states[0][index],
+                            None if not is_lstm or grad_states[1] is None
+                            else grad_states[1][index],
+                            grad_input, self.grads[names[0]], self.grads[names[1]], *grad_bias,
+                            n_threads)
+                    dh, dc = (kernels.backward(*args, workspace=self._workspace(index, "backward"))
+                              if kernels is _packed else kernels.backward(*args))
                     grad_h0[index] = dh
                     if is_lstm:
                         grad_c0[index] = dc

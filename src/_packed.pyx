@@ -134,6 +134,20 @@ cdef class PackedWeights:
         return np.ascontiguousarray(blocks).reshape(self.n_blocks, K, G * U)
 
 
+def _buffer(workspace, name, shape, zero=False):
+    """A float32 array of `shape`: reused from `workspace` (a dict a caller keeps
+    between calls) when one of that shape is there. Reuse avoids the page faults
+    of fresh multi-megabyte allocations, which cost as much as the arithmetic."""
+    if workspace is None:
+        return np.zeros(shape, np.float32) if zero else np.empty(shape, np.float32)
+    array = workspace.get(name)
+    if array is None or array.shape != shape:
+        array = workspace[name] = np.empty(shape, np.float32)
+    if zero:
+        array.fill(0)
+    return array
+
+
 def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
     """Pack one layer direction's float32 weights for ``forward(..., packed=...)``."""
     return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh)
@@ -224,7 +238,7 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
 
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
-    cdef Py_ssize_t r0, r1, k0, k1, ci, n_chunks, t_lo, t_hi, s, t, step, parity
+    cdef Py_ssize_t r0, r1, k0, k1, ci, n_chunks, t_lo, t_hi, s, t, step, parity, first_t
     cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size
     cdef Py_ssize_t bc = job.block_cols, tc = job.total_cols
     cdef Py_ssize_t gld = job.gates_ld, gbs = job.gates_block_stride
@@ -252,17 +266,23 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
         else:
             t_lo = ci * job.chunk
             t_hi = min(job.seq_len, t_lo + job.chunk)
+        # Gate rows of step t: (t - t_lo) * B in the inference chunk buffer,
+        # t * B in the training cache (which holds every step). Training projects
+        # chunk by chunk too, so a chunk's gates are still in cache for its steps.
+        first_t = 0 if job.training else t_lo
         if busy:
             if r0 == 0 and r1 == B:
                 # gates[t_lo:t_hi, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
                 _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
-                      job.weight_ih + k0 * I * bc, bc, k1 - k0, job.gates + k0 * gbs, gld, gbs,
+                      job.weight_ih + k0 * I * bc, bc, k1 - k0,
+                      job.gates + k0 * gbs + (t_lo - first_t) * B * gld, gld, gbs,
                       (k1 - k0) * bc, 0)
             else:
                 for t in range(t_lo, t_hi):
                     # gates[t, own rows] = x[t, own rows] @ weight_ih.T
                     _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, bc,
-                          job.n_blocks, job.gates + ((t - t_lo) * B + r0) * gld, gld, gbs, tc, 0)
+                          job.n_blocks, job.gates + ((t - first_t) * B + r0) * gld, gld, gbs,
+                          tc, 0)
         for s in range(t_hi - t_lo):
             t = t_hi - 1 - s if job.reverse else t_lo + s
             if job.training:
@@ -289,20 +309,24 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
                 else:
                     # gates[t, own rows, own blocks] += h_prev[own rows] @ weight_hh[own units].T
                     _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, bc,
-                          k1 - k0, job.gates + k0 * gbs + ((t - t_lo) * B + r0) * gld, gld, gbs,
-                          (k1 - k0) * bc, 1)
-                _elementwise(job, r0, r1, k0, k1, t, (t - t_lo) * B, h_prev, h_new, c_prev, c_new)
+                          k1 - k0, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld, gld,
+                          gbs, (k1 - k0) * bc, 1)
+                _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
+                             c_new)
             if job.split_hidden and n_threads > 1:
                 # Every thread reads all of h_new in the next step.
                 fr_omp_barrier()
 
 
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
-            bint reverse, bint training, out, Py_ssize_t out_col, int n_threads, packed=None):
+            bint reverse, bint training, out, Py_ssize_t out_col, int n_threads, packed=None,
+            workspace=None):
     """One layer, one direction, float32; see fastrnn.reference.forward.
 
     The training cache holds the gate activations block-major, which is the
-    layout ``backward`` reads.
+    layout ``backward`` reads. ``workspace``: a dict kept by the caller to
+    reuse buffers between calls (a training cache then lives until the next
+    forward with the same workspace).
     """
     cdef Py_ssize_t T, B, I, H, TB
     cdef Job job
@@ -321,27 +345,26 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     # Workspace; every array below is C-contiguous float32 (made here, or checked
     # by check_forward_args / built by PackedWeights), so raw pointers are safe.
     hn_cache = None
+    chunk = min(T, max(1, PROJECTION_ROWS // B))
     if training:
-        chunk = T
-        gates = np.empty((n_blocks, TB, bc), np.float32)
+        gates = _buffer(workspace, "gates", (n_blocks, TB, bc))
         job.gates_ld, job.gates_block_stride = bc, TB * bc
         states = T + 1
         first = T if reverse else 0
         last = 0 if reverse else T
         if cell == GRU:
-            hn_cache = np.zeros((n_blocks, TB, U), np.float32)
+            hn_cache = _buffer(workspace, "hn", (n_blocks, TB, U), zero=True)
     else:
-        chunk = min(T, max(1, PROJECTION_ROWS // B))
-        gates = np.empty((chunk, B, total_cols), np.float32)
+        gates = _buffer(workspace, "gates", (chunk, B, total_cols))
         job.gates_ld, job.gates_block_stride = total_cols, bc
         states = 2
         first, last = 0, T % 2
-    gates_h = np.empty((B, total_cols), np.float32) if cell == GRU else None
-    h = np.empty((states, B, H), np.float32)
+    gates_h = _buffer(workspace, "gates_h", (B, total_cols)) if cell == GRU else None
+    h = _buffer(workspace, "h", (states, B, H))
     h[first] = h0
     c = None
     if cell == LSTM:
-        c = np.empty((states, B, H), np.float32)
+        c = _buffer(workspace, "c", (states, B, H))
         c[first] = c0
 
     job.cell = cell
@@ -511,10 +534,11 @@ cdef inline float *_ptr(a):
 
 def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
              Py_ssize_t out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh,
-             grad_bias_ih, grad_bias_hh, int n_threads):
+             grad_bias_ih, grad_bias_hh, int n_threads, workspace=None):
     """One layer, one direction, float32; see fastrnn.reference.backward.
 
     The cache is consumed: its gate activations are overwritten by gradients.
+    ``workspace``: as in forward (a different dict from the forward's).
     """
     cdef BackJob job
     cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1
@@ -538,7 +562,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
     tc = n_blocks * bc
     gates = cache["gates"]
-    grad_h_side = np.empty_like(gates) if cell == GRU else gates
+    grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
     # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
     weight_hh_t = _pack_columns(_to_packed_rows(weight_hh, cell, H, U))
     weight_ih_t = _pack_columns(_to_packed_rows(weight_ih, cell, H, U))
@@ -571,13 +595,16 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
 
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).
-    x_t = np.ascontiguousarray(x.reshape(TB, I).T)
+    x_t = _buffer(workspace, "x_t", (I, TB))
+    x_t[...] = x.reshape(TB, I).T
     h_before = h_seq[1:] if reverse else h_seq[:T]
-    h_t = np.ascontiguousarray(h_before.reshape(TB, H).T)
-    d_weight_ih_t = np.empty((I, tc), np.float32)
-    d_weight_hh_t = np.empty((H, tc), np.float32)
-    d_bias = np.empty((2, tc), np.float32)
-    ones = np.ones((1, TB), np.float32)
+    h_t = _buffer(workspace, "h_t", (H, TB))
+    h_t[...] = h_before.reshape(TB, H).T
+    d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
+    d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
+    d_bias = _buffer(workspace, "d_bias", (2, tc))
+    ones = _buffer(workspace, "ones", (1, TB))
+    ones.fill(1)
     cdef float *p_gates = _ptr(gates)
     cdef float *p_gh = _ptr(grad_h_side)
     cdef float *p_xt = _ptr(x_t)
