@@ -39,7 +39,7 @@ def _positive_int(name, value):
 def _as_float_array(name, value, dtype):
     """Convert to the layer's dtype; reject what is not real floating point."""
     array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.floating):
+    if array.dtype.kind != "f":
         raise TypeError(f"{name} must be a real floating-point array (float16/32/64 are "
                         f"converted to {np.dtype(dtype).name}), got dtype {array.dtype}")
     return array.astype(dtype, copy=False)
@@ -76,6 +76,7 @@ class _RNNBase:
         self._cache = None
         self._packed = {}
         self._workspaces = {}
+        self._name_cache = {}
         self._params = {}
         self.reset_parameters()
         self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
@@ -113,10 +114,14 @@ class _RNNBase:
 
     def _names(self, layer, direction):
         """PyTorch's parameter names of one layer and direction, in its order."""
-        suffix = f"_l{layer}" + ("_reverse" if direction else "")
-        names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
-        if self.bias:
-            names += [f"bias_ih{suffix}", f"bias_hh{suffix}"]
+        key = (layer, direction)
+        names = self._name_cache.get(key)
+        if names is None:
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
+            if self.bias:
+                names += [f"bias_ih{suffix}", f"bias_hh{suffix}"]
+            self._name_cache[key] = names
         return names
 
     def _shapes(self, layer):

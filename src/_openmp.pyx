@@ -33,7 +33,18 @@ def max_threads():
     return max(1, min(omp_get_max_threads(), _cpus_available()))
 
 
+_cpus = None
+
+
 def _cpus_available():
+    # Read once: the affinity mask rarely changes, and the call is a syscall.
+    global _cpus
+    if _cpus is None:
+        _cpus = _read_cpus()
+    return _cpus
+
+
+def _read_cpus():
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
