@@ -23,8 +23,7 @@ def build_parser():
         description="Time fastrnn, its NumPy reference, PyTorch and ONNX Runtime on the "
                     "same weights and inputs (interleaved repetitions, median and min), "
                     "and check that their outputs agree. Exit status 1 if any engine "
-                    "disagrees with fastrnn.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "disagrees with fastrnn or fails.")
     add_arguments(bench)
     return parser
 

@@ -1066,7 +1066,7 @@ def format_row(result):
         gflops = _gflops(row, e.median)
         pct = f"{100 * gflops * 1e9 / peak:5.1f}%" if peak else "     -"
         if e.name == "fastrnn":
-            agree = "(ref)"
+            agree = "(base)"
         elif e.agree:
             agree = f"yes ({e.error:.1e})"
         else:
@@ -1206,8 +1206,9 @@ def add_arguments(parser):
     settle_group = parser.add_mutually_exclusive_group()
     settle_group.add_argument(
         "--settle", dest="settle", action="store_true", default=None,
-        help="after every call wait until spinning worker threads go idle, so that they "
-             "do not slow down the next engine (default: on with more than 1 thread)")
+        help="before each timed call wait until the worker threads of the previous engine "
+             "stop spinning, then make one untimed call of the engine (calls < 20 ms) so "
+             "its own pool is awake (default: on with more than 1 thread)")
     settle_group.add_argument("--no-settle", dest="settle", action="store_false",
                               help="never wait for worker threads to go idle")
     parser.set_defaults(settle=None)
@@ -1236,8 +1237,8 @@ def _load_warning(n_threads):
     load = os.getloadavg()[0]
     if load >= 0.75:
         return (f"WARNING: load average {load:.2f} on {os.cpu_count()} CPUs before the start: "
-                f"other processes may be running; timings (above all those with "
-                f"{n_threads} threads) are then unreliable")
+                f"other processes may be running; timings (above all multi-threaded "
+                f"ones) are then unreliable")
     return None
 
 

@@ -130,8 +130,8 @@ def test_cli_bench_runs_and_exit_status(capsys, monkeypatch):
 
 def test_cli_info():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(fastrnn.__file__))] + env.get("PYTHONPATH", "").split(os.pathsep))
+    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
+    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True,
                           text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
