@@ -138,8 +138,12 @@ class _RNNBase:
         """PyTorch's default: every parameter uniform in +-1/sqrt(hidden_size)."""
         bound = 1.0 / np.sqrt(self.hidden_size)
         self._unpack()
-        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-                        for name, shape in self._param_shapes().items()}
+        for name, shape in self._param_shapes().items():
+            values = self._rng.uniform(-bound, bound, shape)
+            if name in self._params:
+                np.copyto(self._params[name], values, casting="unsafe")
+            else:
+                self._params[name] = values.astype(self.dtype)
 
     def __getattr__(self, name):
         params = self.__dict__.get("_params", {})
@@ -234,9 +238,12 @@ class _RNNBase:
             if value.shape != shape:
                 raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
                                  f"got {value.shape}")
-            loaded[name] = np.array(value, dtype=self.dtype, order="C")
+            loaded[name] = value
+        # Copy into the existing arrays, as torch does: whoever holds them (an
+        # optimiser, user code) sees the new values.
         self._unpack()
-        self._params.update(loaded)
+        for name, value in loaded.items():
+            np.copyto(self._params[name], value, casting="unsafe")
 
     # -- forward / backward --------------------------------------------------
 

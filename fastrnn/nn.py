@@ -38,7 +38,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN, _RNNBase
+from .layers import GRU, LSTM, RNN
 
 __all__ = ["Module", "Linear", "Embedding", "Dropout", "ReLU", "Tanh", "LastStep", "MeanPool",
            "Sequential", "SequenceClassifier", "SequenceTagger", "LanguageModel",
@@ -91,7 +91,7 @@ def _is_module(value):
 def _returns_state(module):
     """Recurrent layers: ``forward(x, hx, lengths) -> (out, state)``,
     ``backward(grad_out, grad_state) -> (grad_x, grad_hx)``."""
-    return isinstance(module, _RNNBase) or bool(getattr(module, "returns_state", False))
+    return isinstance(module, (RNN, LSTM, GRU)) or bool(getattr(module, "returns_state", False))
 
 
 def _takes_lengths(module):

@@ -52,8 +52,20 @@ class _Group:
             self.names = [name for name, _ in source.named_parameters()]
         else:
             self.model = None
+            bare = TypeError("params must be named: pass the model itself or "
+                             "model.named_parameters() (name, array) pairs, not bare arrays")
+            if isinstance(source, np.ndarray):
+                raise bare
             try:
-                pairs = [tuple(item) for item in source]
+                items = list(source)
+            except TypeError:
+                raise TypeError("params must be a model (with named_parameters() and .grads), "
+                                "a list of (name, array) pairs, or a list of param-group "
+                                "dicts") from None
+            if any(isinstance(item, np.ndarray) for item in items):
+                raise bare
+            try:
+                pairs = [tuple(item) for item in items]
             except TypeError:
                 raise TypeError("params must be a model (with named_parameters() and .grads), "
                                 "a list of (name, array) pairs, or a list of param-group "
