@@ -45,15 +45,26 @@ def resolve_n_threads(n_threads):
     """
     if n_threads is None:
         n_threads = _default_n_threads
-    if not _openmp.openmp_enabled():
+        if n_threads is None:
+            return _default_count()
+    if not _OPENMP:
         return 1
-    max_threads = _openmp.max_threads()
-    if n_threads is None:
-        return max_threads
     n_threads = _check_n_threads(n_threads)
     if n_threads < 0:
-        return max(1, max_threads + 1 + n_threads)
+        return max(1, _openmp.max_threads() + 1 + n_threads)
     return n_threads
+
+
+_OPENMP = _openmp.openmp_enabled()
+_max_threads = None
+
+
+def _default_count():
+    # OpenMP reads OMP_NUM_THREADS once, at start-up: the count cannot change later.
+    global _max_threads
+    if _max_threads is None:
+        _max_threads = _openmp.max_threads() if _OPENMP else 1
+    return _max_threads
 
 
 _blas_controller = None

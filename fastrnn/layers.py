@@ -75,6 +75,7 @@ class _RNNBase:
         self._rng = np.random.default_rng(seed)
         self._cache = None
         self._packed = {}
+        self._steppers = {}
         self._workspaces = {}
         self._name_cache = {}
         self._params = {}
@@ -203,6 +204,7 @@ class _RNNBase:
 
     def _unpack(self):
         self._packed = {}
+        self._steppers = {}
         for p in self._params.values():
             p.flags.writeable = True
 
@@ -335,6 +337,61 @@ class _RNNBase:
         out = self._to_user_layout(out, unbatched)
         finals = [s[:, 0] if unbatched else s for s in final_states]
         return out, (tuple(finals) if self._mode == "LSTM" else finals[0])
+
+    def step(self, x, hx=None):
+        """One time step, for streaming inference.
+
+        x: (batch, input_size), or (input_size,) unbatched; hx: the state, shaped
+        as for forward (zeros if None). Returns ``(out, hx)``: out is
+        (batch, hidden_size) (the last layer's new h), hx the new state (LSTM:
+        (h, c)). The same numbers as ``forward(x[None], hx)``; unidirectional
+        layers only. In eval mode with float32 compiled kernels a step runs on a
+        job prepared once per batch size, so it costs little beyond its arithmetic.
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer: the reverse direction "
+                             "needs the whole sequence")
+        x = _as_float_array("x", x, self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must be (batch, {self.input_size}) or ({self.input_size},), "
+                             f"got shape {x.shape}")
+        unbatched = x.ndim == 1
+        x2 = x.reshape(1, -1) if unbatched else x
+        fast = not self.training and self._impl == "cython" and self.dtype == np.float32
+        if not fast:
+            # A length-1 sequence: (1, input_size) unbatched, (1, batch, input_size).
+            out, state = self.forward(x[None], hx)
+            return out[0], state
+        batch = x2.shape[0]
+        states = self._step_states(hx, batch, unbatched)
+        key = (batch, resolve_n_threads(self.n_threads))
+        steppers = self._steppers.get(key)
+        if steppers is None:
+            steppers = self._steppers[key] = [
+                _packed.Stepper(self._packed_weights(layer, self._names(layer, 0)), *key)
+                for layer in range(self.num_layers)]
+        is_lstm = self._mode == "LSTM"
+        out, h_n, c_n = _packed.step_layers(steppers, np.ascontiguousarray(x2), states[0],
+                                            states[1] if is_lstm else None)
+        if unbatched:
+            out, h_n = out[0], h_n[:, 0]
+            c_n = c_n[:, 0] if is_lstm else None
+        return out, ((h_n, c_n) if is_lstm else h_n)
+
+    def _step_states(self, hx, batch, unbatched):
+        """The states for step(): as forward's, but the common case (the arrays a
+        previous step returned) passes without any conversion."""
+        shape = ((self.num_layers, self.hidden_size) if unbatched
+                 else (self.num_layers, batch, self.hidden_size))
+        parts = hx if self._mode == "LSTM" and isinstance(hx, tuple) else (hx,)
+        for p in parts:
+            if not (type(p) is np.ndarray and p.dtype == self.dtype and p.shape == shape
+                    and p.flags.c_contiguous):
+                return [np.ascontiguousarray(s)
+                        for s in self._check_states(hx, batch, unbatched)]
+        if unbatched:
+            return [p.reshape(self.num_layers, batch, self.hidden_size) for p in parts]
+        return list(parts)
 
     def _input_layout(self):
         return ("(batch, seq_len, input_size)" if self.batch_first

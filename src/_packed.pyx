@@ -70,6 +70,9 @@ DEF PROJECTION_ROWS = 128
 # Split the batch across threads when each gets at least this many rows;
 # below, split the hidden units.
 DEF MIN_ROWS_PER_THREAD = 4
+# Multiply-adds below which a call runs on one thread (waking a thread and a
+# barrier per step cost more than they save).
+DEF MIN_PARALLEL_WORK = 65536
 
 
 def supported_isas():
@@ -318,6 +321,27 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
                 fr_omp_barrier()
 
 
+cdef void _launch(Job *job, int n_threads) noexcept nogil:
+    """Run a forward job: the batch split across threads when each gets enough
+    rows, otherwise the hidden units (one barrier per step)."""
+    cdef int threads
+    if (job.seq_len * job.batch * job.total_cols * (job.input_size + job.hidden_size)
+            < MIN_PARALLEL_WORK):
+        # Too little work to pay for waking a second thread.
+        n_threads = 1
+    job.split_hidden = job.batch < MIN_ROWS_PER_THREAD * n_threads
+    if job.split_hidden:
+        threads = min(n_threads, <int>job.n_blocks)
+    else:
+        threads = min(n_threads, <int>(job.batch // MIN_ROWS_PER_THREAD))
+    if threads <= 1:
+        job.split_hidden = False
+        _run_thread(job, 0, 1)
+    else:
+        with parallel(num_threads=threads):
+            _run_thread(job, fr_omp_thread_num(), fr_omp_num_threads())
+
+
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
             bint reverse, bint training, out, Py_ssize_t out_col, int n_threads, packed=None,
             workspace=None):
@@ -330,7 +354,6 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     """
     cdef Py_ssize_t T, B, I, H, TB
     cdef Job job
-    cdef int threads
     T, B, I, H, lengths = check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh,
                                              h0, c0, lengths, out, out_col, n_threads)
     if x.dtype != np.float32:
@@ -387,23 +410,135 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     job.c = <float *>cnp.PyArray_DATA(c) if c is not None else NULL
     job.out = <float *>cnp.PyArray_DATA(out)
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
-    job.split_hidden = B < MIN_ROWS_PER_THREAD * n_threads
-    if job.split_hidden:
-        threads = min(n_threads, <int>n_blocks)
-    else:
-        threads = min(n_threads, B // MIN_ROWS_PER_THREAD)
-    if threads <= 1:
-        job.split_hidden = False
-        _run_thread(&job, 0, 1)
-    else:
-        with nogil, parallel(num_threads=threads):
-            _run_thread(&job, fr_omp_thread_num(), fr_omp_num_threads())
+    with nogil:
+        _launch(&job, n_threads)
     h_n = h[last].copy()
     c_n = c[last].copy() if c is not None else None
     if not training:
         return h_n, c_n, None
     return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
                       "hn": hn_cache, "h_seq": h, "c_seq": c, "consumed": False}
+
+
+cdef class Stepper:
+    """One time step of one layer direction for streaming inference, with the
+    job and its buffers set up once, so a step costs little more than its
+    arithmetic: ``step(x, h, c, h_out, c_out)`` reads x (batch, input_size) and
+    the state, and writes the new state (the step's output is h_out)."""
+    cdef Job job
+    cdef readonly PackedWeights packed
+    cdef readonly Py_ssize_t batch
+    cdef readonly int n_threads
+    cdef object gates, gates_h, h, c
+
+    def __init__(self, PackedWeights packed, Py_ssize_t batch, int n_threads):
+        cdef Py_ssize_t H, bc, n_blocks
+        cdef Job *job
+        if batch < 1 or n_threads < 1:
+            raise ValueError(f"batch and n_threads must be >= 1, got {batch}, {n_threads}")
+        H, bc, n_blocks = packed.hidden_size, packed.block_cols, packed.n_blocks
+        self.packed, self.batch, self.n_threads = packed, batch, n_threads
+        self.gates = np.empty((1, batch, n_blocks * bc), np.float32)
+        self.gates_h = np.empty((batch, n_blocks * bc), np.float32) if packed.cell == GRU else None
+        self.h = np.empty((2, batch, H), np.float32)
+        self.c = np.empty((2, batch, H), np.float32) if packed.cell == LSTM else None
+        job = &self.job
+        job.cell = packed.cell
+        job.reverse = False
+        job.training = False
+        job.seq_len, job.batch = 1, batch
+        job.input_size, job.hidden_size = packed.input_size, H
+        job.U, job.block_cols, job.n_blocks = packed.units, bc, n_blocks
+        job.total_cols, job.chunk = n_blocks * bc, 1
+        job.gates_ld, job.gates_block_stride = n_blocks * bc, bc
+        # The step's output is the new state, written straight into h[1].
+        job.out_ld, job.out_col = H, 0
+        job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
+        job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
+        job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
+        job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
+                       if packed.bias_hn is not None else NULL)
+        job.gates = <float *>cnp.PyArray_DATA(self.gates)
+        job.gates_h = <float *>cnp.PyArray_DATA(self.gates_h) if self.gates_h is not None else NULL
+        job.hn_cache = NULL
+        job.h = <float *>cnp.PyArray_DATA(self.h)
+        job.c = <float *>cnp.PyArray_DATA(self.c) if self.c is not None else NULL
+        job.out = job.h + batch * H
+        job.lengths = NULL
+
+    def step(self, cnp.ndarray x, cnp.ndarray h, c, cnp.ndarray h_out, c_out):
+        """x (batch, input_size), h/h_out (batch, hidden), c/c_out likewise for
+        LSTM (None otherwise); all float32 and C-contiguous (checked)."""
+        cdef Py_ssize_t B = self.batch, I = self.job.input_size, H = self.job.hidden_size
+        _check_step_array("x", x, B, I)
+        _check_step_array("h", h, B, H)
+        _check_step_array("h_out", h_out, B, H)
+        if self.c is not None:
+            _check_step_array("c", c, B, H)
+            _check_step_array("c_out", c_out, B, H)
+        self._run(<const float *>cnp.PyArray_DATA(x), <const float *>cnp.PyArray_DATA(h),
+                  <const float *>cnp.PyArray_DATA(c) if self.c is not None else NULL,
+                  <float *>cnp.PyArray_DATA(h_out),
+                  <float *>cnp.PyArray_DATA(c_out) if self.c is not None else NULL)
+
+    cdef void _run(self, const float *x, const float *h, const float *c, float *h_out,
+                   float *c_out) noexcept:
+        cdef Py_ssize_t size = self.batch * self.job.hidden_size
+        self.job.x = x
+        memcpy(self.job.h, h, size * sizeof(float))
+        if c != NULL:
+            memcpy(self.job.c, c, size * sizeof(float))
+        with nogil:
+            _launch(&self.job, self.n_threads)
+        memcpy(h_out, self.job.h + size, size * sizeof(float))
+        if c_out != NULL:
+            memcpy(c_out, self.job.c + size, size * sizeof(float))
+
+
+def step_layers(list steppers, x, h, c):
+    """One step through stacked layers (a Stepper each, same batch): x (batch,
+    input_size); h, c (layers, batch, hidden) float32 (c None unless LSTM).
+    Returns (out, h_n, c_n) with out (batch, hidden) the last layer's new h."""
+    cdef Stepper first, stepper
+    cdef Py_ssize_t layers = len(steppers), B, H, l
+    cdef const float *layer_input
+    if layers == 0:
+        raise ValueError("no layers")
+    first = steppers[0]
+    B, H = first.batch, first.job.hidden_size
+    _check_step_array("x", x, B, first.job.input_size)
+    for name, state in (("h", h), ("c", c)):
+        if state is None and name == "c" and first.c is None:
+            continue
+        if (not isinstance(state, np.ndarray) or state.dtype != np.float32
+                or state.shape != (layers, B, H) or not state.flags.c_contiguous):
+            raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
+                             f"{(layers, B, H)}")
+    h_n = np.empty((layers, B, H), np.float32)
+    c_n = np.empty((layers, B, H), np.float32) if first.c is not None else None
+    cdef float *ph = <float *>cnp.PyArray_DATA(h)
+    cdef float *pc = <float *>cnp.PyArray_DATA(c) if c_n is not None else NULL
+    cdef float *ph_n = <float *>cnp.PyArray_DATA(h_n)
+    cdef float *pc_n = <float *>cnp.PyArray_DATA(c_n) if c_n is not None else NULL
+    layer_input = <const float *>cnp.PyArray_DATA(x)
+    for l in range(layers):
+        stepper = steppers[l]
+        if stepper.batch != B or stepper.job.hidden_size != H or (
+                l > 0 and stepper.job.input_size != H):
+            raise ValueError("steppers of one stack must share batch and sizes")
+        stepper._run(layer_input, ph + l * B * H, pc + l * B * H if pc != NULL else NULL,
+                     ph_n + l * B * H, pc_n + l * B * H if pc_n != NULL else NULL)
+        layer_input = ph_n + l * B * H
+    return h_n[layers - 1].copy(), h_n, c_n
+
+
+cdef inline _check_step_array(str name, cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols):
+    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(a) != 2
+            or a.shape[0] != rows or a.shape[1] != cols or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+        raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
+                         f"({rows}, {cols}), got {(<object>a).dtype} {(<object>a).shape}")
+    if name.endswith("_out") and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{name} must be writable")
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""layer.step(): one time step for streaming inference, the same numbers as forward."""
+import numpy as np
+import pytest
+
+import fastrnn
+
+CLASSES = {"rnn": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
+
+
+def _layer(name, num_layers=2, **kwargs):
+    return CLASSES[name](5, 70, num_layers=num_layers, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("batch", [None, 1, 3, 9])
+@pytest.mark.parametrize("name", CLASSES)
+def test_steps_equal_forward(name, batch, n_threads):
+    layer = _layer(name, n_threads=n_threads).eval()
+    T = 6
+    shape = (T, 5) if batch is None else (T, batch, 5)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out, final = layer(x)
+    state = None
+    for t in range(T):
+        step_out, state = layer.step(x[t], state)
+        np.testing.assert_allclose(step_out, out[t], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"output at step {t}")
+    for got, want in zip(state if name == "lstm" else [state],
+                         final if name == "lstm" else [final]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("setup", ["train", "float64", "reference"])
+def test_step_fallbacks_match_forward(setup):
+    kwargs = {"float64": {"dtype": "float64"}, "reference": {"impl": "reference"}}.get(setup, {})
+    layer = _layer("lstm", **kwargs)
+    if setup != "train":
+        layer.eval()
+    x = np.random.default_rng(2).standard_normal((2, 5))
+    hx = (np.zeros((2, 2, 70)), np.ones((2, 2, 70)))
+    out, (h, c) = layer.step(x, hx)
+    want, (wh, wc) = layer(x[None], hx)
+    np.testing.assert_allclose(out, want[0], rtol=1e-6)
+    np.testing.assert_allclose(h, wh, rtol=1e-6)
+    np.testing.assert_allclose(c, wc, rtol=1e-6)
+
+
+def test_step_rejects_bad_input():
+    with pytest.raises(ValueError, match="unidirectional"):
+        _layer("gru", bidirectional=True).eval().step(np.zeros(5, np.float32))
+    layer = _layer("lstm").eval()
+    with pytest.raises(ValueError, match=r"\(batch, 5\)"):
+        layer.step(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="hx"):
+        layer.step(np.zeros((2, 5), np.float32), (np.zeros((2, 3, 70)), np.zeros((2, 3, 70))))
+    with pytest.raises(TypeError):
+        layer.step(np.zeros((2, 5), np.int64))
+
+
+def test_step_sees_new_weights():
+    """Regression guard: the prepared steppers must not keep stale weights."""
+    layer = _layer("gru").eval()
+    x = np.ones((1, 5), np.float32)
+    before, _ = layer.step(x)
+    layer.load_state_dict(_layer("gru", ).state_dict() | {
+        "weight_ih_l0": np.zeros((210, 5), np.float32)})
+    after, _ = layer.step(x)
+    want, _ = layer(x[None])
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, want[0], rtol=1e-5, atol=1e-6)
