@@ -323,17 +323,18 @@ class FastrnnEngine(Engine):
         zero = (_zeros_state(row), _zeros_state(row)) if is_lstm else _zeros_state(row)
         state = [zero]
 
+        # layer.step: the streaming API (one step, state carried); xs[t] is (1, 1, I).
         def run():
             hx = state[0]
             for t in range(problem.steps):
-                _, hx = layer(xs[t], hx)
+                _, hx = layer.step(xs[t][0], hx)
             state[0] = hx
 
         def check():
             hx, outs = zero, []
             for t in range(problem.check_steps):
-                out, hx = layer(xs[t], hx)
-                outs.append(out)
+                out, hx = layer.step(xs[t][0], hx)
+                outs.append(out[None])
             return named(np.concatenate(outs), *(hx if is_lstm else (hx,)))
         return Prepared(run, check)
 

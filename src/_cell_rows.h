@@ -2,19 +2,20 @@
  * Every pointer is restrict: callers never pass overlapping rows (inference
  * double-buffers the state). See _cell_math.h for the layout. */
 
-/* LSTM: gates i, f, g, o -> activations; c_new = f*c_prev + i*g; h = o*tanh(c_new). */
+/* LSTM: gates i, f, g, o -> activations; c_new = f*c_prev + i*g; h = o*tanh(c_new).
+ * The gates are `stride` apart, the biases `bstride` apart. */
 static FASTRNN_CLONES void SFX(lstm_forward_row)(
-    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict bias,
-    const REAL *restrict c_prev, REAL *restrict c_new, REAL *restrict h_new,
-    REAL *restrict out)
+    ptrdiff_t n, ptrdiff_t stride, ptrdiff_t bstride, REAL *restrict gates,
+    const REAL *restrict bias, const REAL *restrict c_prev, REAL *restrict c_new,
+    REAL *restrict h_new, REAL *restrict out)
 {
     REAL *restrict gi = gates, *restrict gf = gates + stride;
     REAL *restrict gg = gates + 2 * stride, *restrict go = gates + 3 * stride;
     for (ptrdiff_t j = 0; j < n; j++) {
         REAL i = SIGMOID(gi[j] + bias[j]);
-        REAL f = SIGMOID(gf[j] + bias[stride + j]);
-        REAL g = TANH(gg[j] + bias[2 * stride + j]);
-        REAL o = SIGMOID(go[j] + bias[3 * stride + j]);
+        REAL f = SIGMOID(gf[j] + bias[bstride + j]);
+        REAL g = TANH(gg[j] + bias[2 * bstride + j]);
+        REAL o = SIGMOID(go[j] + bias[3 * bstride + j]);
         REAL c = f * c_prev[j] + i * g;
         REAL h = o * TANH(c);
         gi[j] = i;
@@ -27,22 +28,23 @@ static FASTRNN_CLONES void SFX(lstm_forward_row)(
     }
 }
 
-/* GRU: gates (input part) r, z, n and gates_h (recurrent part) -> activations
+/* GRU: gates (input part, `stride` apart) r, z, n and gates_h (recurrent part,
+ * `bstride` apart, like the biases) -> activations
  * r, z, n in gates; gates_h's n block becomes hn = W_hn h + b_hn (needed by
  * backward); h_new = (1 - z) * n + z * h_prev in PyTorch's form. */
 static FASTRNN_CLONES void SFX(gru_forward_row)(
-    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, REAL *restrict gates_h,
-    const REAL *restrict bias, const REAL *restrict bias_hn, const REAL *restrict h_prev,
-    REAL *restrict h_new, REAL *restrict out)
+    ptrdiff_t n, ptrdiff_t stride, ptrdiff_t bstride, REAL *restrict gates,
+    REAL *restrict gates_h, const REAL *restrict bias, const REAL *restrict bias_hn,
+    const REAL *restrict h_prev, REAL *restrict h_new, REAL *restrict out)
 {
     REAL *restrict gr = gates, *restrict gz = gates + stride, *restrict gn = gates + 2 * stride;
-    const REAL *restrict hr = gates_h, *restrict hz = gates_h + stride;
-    REAL *restrict hn_out = gates_h + 2 * stride;
+    const REAL *restrict hr = gates_h, *restrict hz = gates_h + bstride;
+    REAL *restrict hn_out = gates_h + 2 * bstride;
     for (ptrdiff_t j = 0; j < n; j++) {
         REAL r = SIGMOID(gr[j] + hr[j] + bias[j]);
-        REAL z = SIGMOID(gz[j] + hz[j] + bias[stride + j]);
+        REAL z = SIGMOID(gz[j] + hz[j] + bias[bstride + j]);
         REAL hn = hn_out[j] + bias_hn[j];
-        REAL nn = TANH(gn[j] + bias[2 * stride + j] + r * hn);
+        REAL nn = TANH(gn[j] + bias[2 * bstride + j] + r * hn);
         REAL h = nn + z * (h_prev[j] - nn);
         gr[j] = r;
         gz[j] = z;

@@ -45,11 +45,13 @@ cdef extern from "_packed_gemm.h" nogil:
     int fr_omp_thread_num()
 
 cdef extern from "_cell_math.h" nogil:
-    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *bias,
-                              const float *c_prev, float *c_new, float *h_new, float *out)
-    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *gates_h,
-                             const float *bias, const float *bias_hn, const float *h_prev,
-                             float *h_new, float *out)
+    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                              float *gates, const float *bias, const float *c_prev,
+                              float *c_new, float *h_new, float *out)
+    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                             float *gates, float *gates_h, const float *bias,
+                             const float *bias_hn, const float *h_prev, float *h_new,
+                             float *out)
     void rnn_forward_row_f32(Py_ssize_t n, int relu, const float *gates, const float *bias,
                              float *h_new, float *out)
     void lstm_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *c_prev,
@@ -94,8 +96,13 @@ def set_isa(name=None):
                          f"(supported: {supported_isas()})")
 
 
+# Columns of a tile of the packed GEMM (P[tile][k][TILE], see _packed_gemm.h).
+DEF TILE = 64
+
+
 def units_per_block(int cell):
-    """Hidden units per packed block: the block (gates x units) is 64 or 192 columns."""
+    """Hidden units per packed block: the block (gates x units) is one tile
+    (LSTM 4 x 16, RNN 64) or one tile per gate (GRU 3 x 64)."""
     return 16 if cell == LSTM else 64
 
 
@@ -129,12 +136,15 @@ cdef class PackedWeights:
             self.bias_hn[:H] = bias_hn
 
     def _pack(self, weight, G, H, U):
-        """(G*H, K) -> (n_blocks, K, G*U): P[b, k, g*U + j] = W[g*H + b*U + j, k]."""
+        """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
+        unit block b (W's row g*H + b*U + j) cut into tiles of TILE columns,
+        each stored k-major, so a tile's weights are contiguous."""
         K = weight.shape[1]
         padded = np.zeros((G, self.n_blocks * U, K), np.float32)
         padded[:, :H] = weight.reshape(G, H, K)
         blocks = padded.reshape(G, self.n_blocks, U, K).transpose(1, 3, 0, 2)
-        return np.ascontiguousarray(blocks).reshape(self.n_blocks, K, G * U)
+        tiles = blocks.reshape(self.n_blocks, K, G * U // TILE, TILE).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(tiles).reshape(-1, K, TILE)
 
 
 def _buffer(workspace, name, shape, zero=False):
@@ -161,11 +171,13 @@ cdef struct Job:
     bint reverse, split_hidden, training
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
-    # Gate (row r, block b) starts at gates + b * gates_block_stride + r * gates_ld:
-    # inference keeps a row-major chunk (ld = total_cols, stride = block_cols),
-    # training the whole sequence block-major (ld = block_cols, stride = T*B*block_cols),
-    # which is the layout the backward's weight-gradient products read.
-    Py_ssize_t gates_ld, gates_block_stride
+    # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
+    # and its tiles are gates_tile_stride apart: inference keeps a row-major chunk
+    # (ld = total_cols, tiles TILE apart), training the whole sequence tile-major
+    # (ld = TILE, tiles T*B*TILE apart), the layout the backward's products read.
+    # gate_stride: between the gates of one unit in a row (U within a tile,
+    # the tile stride when each gate is a tile).
+    Py_ssize_t gates_ld, gates_block_stride, gates_tile_stride, tiles, gate_stride
     const float *x
     const float *weight_ih
     const float *weight_hh
@@ -224,12 +236,14 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
                 continue
             g = job.gates + blk * job.gates_block_stride + (row0 + b) * job.gates_ld
             if job.cell == LSTM:
-                lstm_forward_row_f32(n, U, g, job.bias + blk * bc, c_prev + b * H + u0,
-                                     c_new + b * H + u0, h_new + b * H + u0, out_row + u0)
+                lstm_forward_row_f32(n, job.gate_stride, U, g, job.bias + blk * bc,
+                                     c_prev + b * H + u0, c_new + b * H + u0,
+                                     h_new + b * H + u0, out_row + u0)
             elif job.cell == GRU:
                 gh = job.gates_h + b * job.total_cols + blk * bc
-                gru_forward_row_f32(n, U, g, gh, job.bias + blk * bc, job.bias_hn + u0,
-                                    h_prev + b * H + u0, h_new + b * H + u0, out_row + u0)
+                gru_forward_row_f32(n, job.gate_stride, U, g, gh, job.bias + blk * bc,
+                                    job.bias_hn + u0, h_prev + b * H + u0, h_new + b * H + u0,
+                                    out_row + u0)
                 if job.hn_cache != NULL:
                     # Backward needs hn = W_hn h + b_hn (block-major, like the gates).
                     memcpy(job.hn_cache + blk * TB * U + (t * job.batch + b) * U,
@@ -245,6 +259,7 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size
     cdef Py_ssize_t bc = job.block_cols, tc = job.total_cols
     cdef Py_ssize_t gld = job.gates_ld, gbs = job.gates_block_stride
+    cdef Py_ssize_t gts = job.gates_tile_stride, nt = job.tiles
     cdef float *h_prev
     cdef float *h_new
     cdef float *c_prev = NULL
@@ -277,15 +292,15 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
             if r0 == 0 and r1 == B:
                 # gates[t_lo:t_hi, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
                 _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
-                      job.weight_ih + k0 * I * bc, bc, k1 - k0,
-                      job.gates + k0 * gbs + (t_lo - first_t) * B * gld, gld, gbs,
+                      job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
+                      job.gates + k0 * gbs + (t_lo - first_t) * B * gld, gld, gts,
                       (k1 - k0) * bc, 0)
             else:
                 for t in range(t_lo, t_hi):
                     # gates[t, own rows] = x[t, own rows] @ weight_ih.T
-                    _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, bc,
-                          job.n_blocks, job.gates + ((t - first_t) * B + r0) * gld, gld, gbs,
-                          tc, 0)
+                    _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, TILE,
+                          job.n_blocks * nt, job.gates + ((t - first_t) * B + r0) * gld, gld,
+                          gts, tc, 0)
         for s in range(t_hi - t_lo):
             t = t_hi - 1 - s if job.reverse else t_lo + s
             if job.training:
@@ -307,13 +322,14 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
             if busy:
                 if job.cell == GRU:
                     # gates_h[own rows, own blocks] = h_prev[own rows] @ weight_hh[own units].T
-                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, bc,
-                          k1 - k0, job.gates_h + r0 * tc + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
+                          (k1 - k0) * nt, job.gates_h + r0 * tc + k0 * bc, tc, TILE,
+                          (k1 - k0) * bc, 0)
                 else:
                     # gates[t, own rows, own blocks] += h_prev[own rows] @ weight_hh[own units].T
-                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, bc,
-                          k1 - k0, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld, gld,
-                          gbs, (k1 - k0) * bc, 1)
+                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
+                          (k1 - k0) * nt, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld,
+                          gld, gts, (k1 - k0) * bc, 1)
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
             if job.split_hidden and n_threads > 1:
@@ -370,8 +386,8 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     hn_cache = None
     chunk = min(T, max(1, PROJECTION_ROWS // B))
     if training:
-        gates = _buffer(workspace, "gates", (n_blocks, TB, bc))
-        job.gates_ld, job.gates_block_stride = bc, TB * bc
+        gates = _buffer(workspace, "gates", (n_blocks * (bc // TILE), TB, TILE))
+        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
         states = T + 1
         first = T if reverse else 0
         last = 0 if reverse else T
@@ -379,7 +395,7 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
             hn_cache = _buffer(workspace, "hn", (n_blocks, TB, U), zero=True)
     else:
         gates = _buffer(workspace, "gates", (chunk, B, total_cols))
-        job.gates_ld, job.gates_block_stride = total_cols, bc
+        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = total_cols, bc, TILE
         states = 2
         first, last = 0, T % 2
     gates_h = _buffer(workspace, "gates_h", (B, total_cols)) if cell == GRU else None
@@ -396,6 +412,8 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
     job.U, job.block_cols, job.n_blocks = U, bc, n_blocks
     job.total_cols, job.chunk = total_cols, chunk
+    job.tiles = bc // TILE
+    job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
     job.out_ld, job.out_col = out.shape[2], out_col
     job.x = <const float *>cnp.PyArray_DATA(x)
     job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
@@ -450,7 +468,9 @@ cdef class Stepper:
         job.input_size, job.hidden_size = packed.input_size, H
         job.U, job.block_cols, job.n_blocks = packed.units, bc, n_blocks
         job.total_cols, job.chunk = n_blocks * bc, 1
-        job.gates_ld, job.gates_block_stride = n_blocks * bc, bc
+        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = n_blocks * bc, bc, TILE
+        job.tiles = bc // TILE
+        job.gate_stride = packed.units
         # The step's output is the new state, written straight into h[1].
         job.out_ld, job.out_col = H, 0
         job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
@@ -570,6 +590,9 @@ cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexc
     return dh holds dL/dh0 and dc dL/dc0 for these rows."""
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
     cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
+    # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
+    # gates of a unit gs apart (U within one tile, T*B*TILE when a gate is a tile).
+    cdef Py_ssize_t gs = U if bc == TILE else TB * TILE
     cdef Py_ssize_t s, t, b, blk, u0, n, gate, i_prev, i_new, row
     cdef float *dh = job.dh
     cdef float *dh_other = job.dh_other
@@ -591,22 +614,24 @@ cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexc
             for blk in range(job.n_blocks):
                 u0 = blk * U
                 n = min(U, H - u0)
-                g = job.gates + blk * gbs + row * bc
+                g = job.gates + blk * gbs + row * TILE
                 if job.lengths != NULL and t >= job.lengths[b]:
                     # Inactive: no gate gradient; dh and dc pass through.
-                    memset(g, 0, bc * sizeof(float))
-                    if job.cell == GRU:
-                        memset(job.grad_h_side + blk * gbs + row * bc, 0, bc * sizeof(float))
+                    for gate in range(gate_count):
+                        memset(g + gate * gs, 0, U * sizeof(float))
+                        if job.cell == GRU:
+                            memset(job.grad_h_side + blk * gbs + row * TILE + gate * gs, 0,
+                                   U * sizeof(float))
                     memcpy(dh_other + b * H + u0, dh + b * H + u0, n * sizeof(float))
                     continue
                 if job.cell == LSTM:
-                    lstm_backward_row_f32(n, U, g, job.c + i_prev * B * H + b * H + u0,
+                    lstm_backward_row_f32(n, gs, g, job.c + i_prev * B * H + b * H + u0,
                                           job.c + i_new * B * H + b * H + u0, go + u0,
                                           dh + b * H + u0, dh_other + b * H + u0,
                                           job.dc + b * H + u0)
                 elif job.cell == GRU:
                     hn = job.hn_cache + blk * TB * U + row * U
-                    gru_backward_row_f32(n, U, g, hn, job.h + i_prev * B * H + b * H + u0,
+                    gru_backward_row_f32(n, gs, g, hn, job.h + i_prev * B * H + b * H + u0,
                                          go + u0, dh + b * H + u0, dh_other + b * H + u0)
                 else:
                     rnn_backward_row_f32(n, job.cell == RNN_RELU, g,
@@ -616,15 +641,17 @@ cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexc
                     # Padding units of the last block: exact zeros, whatever the
                     # forward left there (e.g. 0 * inf), so the products below see 0.
                     for gate in range(gate_count):
-                        memset(g + gate * U + n, 0, (U - n) * sizeof(float))
+                        memset(g + gate * gs + n, 0, (U - n) * sizeof(float))
                 if job.cell == GRU:
-                    # The recurrent side differs in the n block: d(W_hn h) = dn * r.
-                    dgh = job.grad_h_side + blk * gbs + row * bc
-                    memcpy(dgh, g, 2 * U * sizeof(float))
-                    memcpy(dgh + 2 * U, hn, n * sizeof(float))
-                    memset(dgh + 2 * U + n, 0, (U - n) * sizeof(float))
+                    # The recurrent side differs in the n gate: d(W_hn h) = dn * r.
+                    dgh = job.grad_h_side + blk * gbs + row * TILE
+                    memcpy(dgh, g, U * sizeof(float))
+                    memcpy(dgh + gs, g + gs, U * sizeof(float))
+                    memcpy(dgh + 2 * gs, hn, n * sizeof(float))
+                    memset(dgh + 2 * gs + n, 0, (U - n) * sizeof(float))
         # dh_prev[r0:r1] += dgates_h[t, r0:r1] @ weight_hh (gate rows in packed order)
-        _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * bc, bc, bc, gbs,
+        _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
+              TB * TILE,
               job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
               dh_other + r0 * H, H, GRAD_BLOCK, H, 1)
         tmp = dh
@@ -676,7 +703,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     ``workspace``: as in forward (a different dict from the forward's).
     """
     cdef BackJob job
-    cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1
+    cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1, nt
     cdef Py_ssize_t x_blocks
     if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
         raise RuntimeError("backward needs the cache of a training-mode forward of these "
@@ -696,6 +723,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     TB = T * B
     U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
     tc = n_blocks * bc
+    nt = bc // TILE
     gates = cache["gates"]
     grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
     # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
@@ -757,22 +785,23 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
             k0 = _block_start(n_blocks, parts, part)
             k1 = _block_start(n_blocks, parts, part + 1)
             # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
-            _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, bc, k1 - k0,
-                  p_dwi + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                  p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
             # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
-            _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, bc, k1 - k0,
-                  p_dwh + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                  p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
             # d_bias[0, own] = dgates.sum(0); d_bias[1, own] = dgates_h.sum(0)
-            _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, bc, k1 - k0,
-                  p_db + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
-            _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, bc, k1 - k0,
-                  p_db + tc + k0 * bc, tc, bc, (k1 - k0) * bc, 0)
+            _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                  p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+            _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                  p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
         parts = max(1, min(n_threads, TB // 16))
         for part in prange(parts, num_threads=parts, schedule="static"):
             r0 = _block_start(TB, parts, part)
             r1 = _block_start(TB, parts, part + 1)
             # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
-            _gemm(r1 - r0, tc, p_gates + r0 * bc, bc, bc, TB * bc, p_wit, GRAD_BLOCK, x_blocks,
+            _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
+                  x_blocks,
                   p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
 
     grad_weight_ih += _from_packed_cols(d_weight_ih_t, cell, H, U)

@@ -42,16 +42,20 @@ DEF MIN_PARALLEL_WORK = 32768
 # --------------------------------------------------------------------------
 
 cdef extern from "_cell_math.h" nogil:
-    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *bias,
-                              const float *c_prev, float *c_new, float *h_new, float *out)
-    void lstm_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates, const double *bias,
-                              const double *c_prev, double *c_new, double *h_new, double *out)
-    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *gates_h,
-                             const float *bias, const float *bias_hn, const float *h_prev,
-                             float *h_new, float *out)
-    void gru_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates, double *gates_h,
-                             const double *bias, const double *bias_hn, const double *h_prev,
-                             double *h_new, double *out)
+    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                              float *gates, const float *bias, const float *c_prev,
+                              float *c_new, float *h_new, float *out)
+    void lstm_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                              double *gates, const double *bias, const double *c_prev,
+                              double *c_new, double *h_new, double *out)
+    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                             float *gates, float *gates_h, const float *bias,
+                             const float *bias_hn, const float *h_prev, float *h_new,
+                             float *out)
+    void gru_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
+                             double *gates, double *gates_h, const double *bias,
+                             const double *bias_hn, const double *h_prev, double *h_new,
+                             double *out)
     void rnn_forward_row_f32(Py_ssize_t n, int relu, const float *gates, const float *bias,
                              float *h_new, float *out)
     void rnn_forward_row_f64(Py_ssize_t n, int relu, const double *gates, const double *bias,
@@ -108,17 +112,17 @@ cdef void _step_forward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py
             continue
         if cell == LSTM:
             if floating is float:
-                lstm_forward_row_f32(H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
+                lstm_forward_row_f32(H, H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
                                      h_new + b * H, out + b * out_ld)
             else:
-                lstm_forward_row_f64(H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
+                lstm_forward_row_f64(H, H, H, gates + b * GH, bias, c_prev + b * H, c_new + b * H,
                                      h_new + b * H, out + b * out_ld)
         elif cell == GRU:
             if floating is float:
-                gru_forward_row_f32(H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
+                gru_forward_row_f32(H, H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
                                     h_prev + b * H, h_new + b * H, out + b * out_ld)
             else:
-                gru_forward_row_f64(H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
+                gru_forward_row_f64(H, H, H, gates + b * GH, gates_h + b * GH, bias, bias_hn,
                                     h_prev + b * H, h_new + b * H, out + b * out_ld)
             if hn_cache != NULL:
                 memcpy(hn_cache + b * H, gates_h + b * GH + 2 * H, H * sizeof(floating))
