@@ -40,6 +40,8 @@ cdef extern from "_packed_gemm.h" nogil:
         Py_ssize_t ldc, c_block_stride, n_cols
         int accumulate
     void fr_gemm_general(const fr_gemm_args *args)
+    void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
+                      float *dst, Py_ssize_t ld_dst)
     void fr_omp_barrier()
     int fr_omp_num_threads()
     int fr_omp_thread_num()
@@ -672,13 +674,13 @@ def _to_packed_rows(weight, cell, hidden_size, units):
     return padded.reshape(G, n_blocks, units, K).transpose(1, 0, 2, 3).reshape(-1, K)
 
 
-def _from_packed_cols(matrix, cell, hidden_size, units):
-    """(K, n_blocks*G*U) in packed gate order -> (G*H, K) in PyTorch's order."""
+def _packed_order(cell, hidden_size, units):
+    """For each row g*H + u of a PyTorch weight, its column in the packed gate
+    order (b*G*U + g*U + j for unit u = b*U + j)."""
     G = gate_count(cell)
-    K = matrix.shape[0]
-    n_blocks = -(-hidden_size // units)
-    blocks = matrix.reshape(K, n_blocks, G, units).transpose(2, 1, 3, 0)
-    return blocks.reshape(G, n_blocks * units, K)[:, :hidden_size].reshape(G * hidden_size, K)
+    gate, unit = np.divmod(np.arange(G * hidden_size), hidden_size)
+    block, j = np.divmod(unit, units)
+    return block * G * units + gate * units + j
 
 
 def _pack_columns(matrix):
@@ -759,10 +761,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).
     x_t = _buffer(workspace, "x_t", (I, TB))
-    x_t[...] = x.reshape(TB, I).T
-    h_before = h_seq[1:] if reverse else h_seq[:T]
     h_t = _buffer(workspace, "h_t", (H, TB))
-    h_t[...] = h_before.reshape(TB, H).T
     d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
     d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
     d_bias = _buffer(workspace, "d_bias", (2, tc))
@@ -780,7 +779,13 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     cdef const float *p_wit = _ptr(weight_ih_t)
     x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
     parts = max(1, min(n_threads, n_blocks))
+    # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed.
+    cdef const float *p_h_before = _ptr(h_seq) + (B * H if reverse else 0)
+    cdef const float *p_x = _ptr(x)
     with nogil:
+        # x.T and h_before.T: row-major with the steps as the inner dimension.
+        fr_transpose(TB, I, p_x, I, p_xt, TB)
+        fr_transpose(TB, H, p_h_before, H, p_ht, TB)
         for part in prange(parts, num_threads=parts, schedule="static"):
             k0 = _block_start(n_blocks, parts, part)
             k1 = _block_start(n_blocks, parts, part + 1)
@@ -804,9 +809,18 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                   x_blocks,
                   p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
 
-    grad_weight_ih += _from_packed_cols(d_weight_ih_t, cell, H, U)
-    grad_weight_hh += _from_packed_cols(d_weight_hh_t, cell, H, U)
+    # Back to PyTorch's layout: transpose (fast, blocked), then gather the rows.
+    order = _packed_order(cell, H, U)
+    d_weight_ih = _buffer(workspace, "d_weight_ih", (tc, I))
+    d_weight_hh = _buffer(workspace, "d_weight_hh", (tc, H))
+    cdef float *p_dwi_rows = _ptr(d_weight_ih)
+    cdef float *p_dwh_rows = _ptr(d_weight_hh)
+    with nogil:
+        fr_transpose(I, tc, p_dwi, tc, p_dwi_rows, I)
+        fr_transpose(H, tc, p_dwh, tc, p_dwh_rows, H)
+    grad_weight_ih += d_weight_ih[order]
+    grad_weight_hh += d_weight_hh[order]
     if grad_bias_ih is not None:
-        grad_bias_ih += _from_packed_cols(d_bias[0:1], cell, H, U)[:, 0]
-        grad_bias_hh += _from_packed_cols(d_bias[1:2], cell, H, U)[:, 0]
+        grad_bias_ih += d_bias[0, order]
+        grad_bias_hh += d_bias[1, order]
     return dh, dc

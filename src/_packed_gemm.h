@@ -135,6 +135,22 @@ static void fr_gemm_packed(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_
     fr_packed_gemm(&g);
 }
 
+/* dst[c, r] = src[r, c] for a rows x cols block, in 16 x 16 tiles so both
+ * sides are read and written a cache line at a time (NumPy's strided copy of a
+ * transpose is several times slower). */
+static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t ld_src,
+                         float *dst, ptrdiff_t ld_dst)
+{
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += 16)
+        for (ptrdiff_t c0 = 0; c0 < cols; c0 += 16) {
+            ptrdiff_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
+            ptrdiff_t c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (ptrdiff_t c = c0; c < c1; c++)
+                for (ptrdiff_t r = r0; r < r1; r++)
+                    dst[c * ld_dst + r] = src[r * ld_src + c];
+        }
+}
+
 /* An OpenMP barrier callable from a Cython parallel block (an orphaned
  * barrier binds to the innermost enclosing parallel region). */
 static void fr_omp_barrier(void)
