@@ -1,7 +1,7 @@
 """``fastrnn.show_config()``: how this build computes."""
 import scipy
 
-from . import _openmp, _recurrent  # noqa: F401  (_recurrent loads SciPy's BLAS)
+from . import _openmp, _packed, _recurrent  # noqa: F401  (_recurrent loads SciPy's BLAS)
 from ._threads import get_num_threads
 
 
@@ -12,6 +12,8 @@ def config():
         "num_threads": get_num_threads(),
         "dtypes": ["float32", "float64"],
         "blas": "scipy.linalg.cython_blas (SciPy " + scipy.__version__ + ")",
+        "simd": _packed.get_isa(),
+        "simd_supported": _packed.supported_isas(),
     }
     try:
         from threadpoolctl import threadpool_info
@@ -31,6 +33,8 @@ def show_config():
     print(f"fastrnn OpenMP: {'on' if info['openmp'] else 'off (serial build)'}")
     print(f"fastrnn threads: {info['num_threads']}")
     print(f"dtypes: {', '.join(info['dtypes'])}")
-    print(f"BLAS: {info['blas']}")
+    print(f"float32 kernels: packed SIMD GEMM, variant {info['simd']} "
+          f"(supported here: {', '.join(info['simd_supported'])})")
+    print(f"float64 kernels, BLAS: {info['blas']}")
     for lib in info.get("blas_libraries", []):
         print(f"  loaded: {lib}")

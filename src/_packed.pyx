@@ -19,6 +19,8 @@ cimport numpy as cnp
 
 from _cells cimport GRU, LSTM, RNN_RELU
 
+import os
+
 import numpy as np
 
 cnp.import_array()
@@ -67,7 +69,6 @@ cdef extern from "_cell_math.h" nogil:
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
-fr_select_isa(-1)
 
 # Rows of the hoisted input projection per chunk of steps (as in _recurrent).
 DEF PROJECTION_ROWS = 128
@@ -100,6 +101,10 @@ def set_isa(name=None):
 
 # Columns of a tile of the packed GEMM (P[tile][k][TILE], see _packed_gemm.h).
 DEF TILE = 64
+
+
+# The best variant this CPU supports, unless FASTRNN_ISA names another.
+set_isa(os.environ.get("FASTRNN_ISA") or None)
 
 
 def units_per_block(int cell):
