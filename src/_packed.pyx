@@ -44,6 +44,8 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
+    unsigned int fr_ftz_enter()
+    void fr_ftz_leave(unsigned int old)
     void fr_omp_barrier()
     int fr_omp_num_threads()
     int fr_omp_thread_num()
@@ -78,6 +80,14 @@ DEF MIN_ROWS_PER_THREAD = 4
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
+
+
+def _fp_control_word():
+    """The calling thread's floating-point control word (x86 MXCSR; 0 elsewhere):
+    tests check that a kernel call leaves it as it was."""
+    cdef unsigned int state = fr_ftz_enter()
+    fr_ftz_leave(state)
+    return state
 
 
 def supported_isas():
@@ -262,6 +272,12 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
 
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
+    cdef unsigned int fp_state = fr_ftz_enter()
+    _run_steps(job, tid, n_threads)
+    fr_ftz_leave(fp_state)
+
+
+cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef Py_ssize_t r0, r1, k0, k1, ci, n_chunks, t_lo, t_hi, s, t, step, parity, first_t
     cdef Py_ssize_t B = job.batch, H = job.hidden_size, I = job.input_size
     cdef Py_ssize_t bc = job.block_cols, tc = job.total_cols
@@ -595,6 +611,12 @@ cdef struct BackJob:
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     """BPTT for batch rows [r0, r1): on entry dh/dc hold dL/dh_n, dL/dc_n; on
     return dh holds dL/dh0 and dc dL/dc0 for these rows."""
+    cdef unsigned int fp_state = fr_ftz_enter()
+    _backprop_steps(job, r0, r1)
+    fr_ftz_leave(fp_state)
+
+
+cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
     cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
     # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
@@ -712,6 +734,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     cdef BackJob job
     cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1, nt
     cdef Py_ssize_t x_blocks
+    cdef unsigned int fp_state
     if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
         raise RuntimeError("backward needs the cache of a training-mode forward of these "
                            "kernels, and can use it once")
@@ -792,6 +815,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         fr_transpose(TB, I, p_x, I, p_xt, TB)
         fr_transpose(TB, H, p_h_before, H, p_ht, TB)
         for part in prange(parts, num_threads=parts, schedule="static"):
+            fp_state = fr_ftz_enter()
             k0 = _block_start(n_blocks, parts, part)
             k1 = _block_start(n_blocks, parts, part + 1)
             # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
@@ -805,14 +829,16 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                   p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
             _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
                   p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+            fr_ftz_leave(fp_state)
         parts = max(1, min(n_threads, TB // 16))
         for part in prange(parts, num_threads=parts, schedule="static"):
+            fp_state = fr_ftz_enter()
             r0 = _block_start(TB, parts, part)
             r1 = _block_start(TB, parts, part + 1)
             # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
             _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
-                  x_blocks,
-                  p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
+                  x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
+            fr_ftz_leave(fp_state)
 
     # Back to PyTorch's layout: transpose (fast, blocked), then gather the rows.
     order = _packed_order(cell, H, U)

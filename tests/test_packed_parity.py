@@ -213,3 +213,26 @@ def test_packed_backward_consumes_its_cache():
     with pytest.raises(RuntimeError, match="once"):
         _packed.backward(cell, cache, x, wi, wh, None, False, np.ones_like(out), 0, None, None,
                          *grads, 1)
+
+
+def test_flush_to_zero_is_local_to_the_kernels():
+    """The kernels flush denormals on their own threads (a state decaying through
+    denormals would otherwise be slow on some CPUs) and leave the caller's
+    floating-point control word as it was."""
+    before = _packed._fp_control_word()
+    cell = CELLS["lstm"]
+    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 50, 1, 4, 16, bias=True)
+    wi[:] = 0
+    wh[:] = 0
+    bi[:] = 0
+    bh[:] = 0
+    bi[:16], bi[16:32], bi[48:] = -30, 4.6, 30   # input gate shut, forget ~0.99, output open
+    c0[:] = 1e-36                                  # decays into the denormal range
+    out = np.empty((50, 1, 16), np.float32)
+    _, c_n, _ = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, False, out, 0, 2)
+    assert _packed._fp_control_word() == before
+    assert np.all((c_n == 0) | (np.abs(c_n) >= np.finfo(np.float32).tiny))
+    # NumPy, on the caller's thread, still produces denormals.
+    assert np.float32(1e-38) * np.float32(0.01) != 0
+    want = _run(reference, cell, (x, wi, wh, bi, bh, h0, c0), None, False, 1, out_col=0)
+    _assert_close("out", out, want[0][..., :16])
