@@ -17,7 +17,9 @@ from libc.string cimport memcpy, memset
 from cython.parallel cimport parallel, prange
 cimport numpy as cnp
 
-from _cells cimport GRU, LSTM, RNN_RELU
+from _cells cimport (GRU, LSTM, RNN_RELU, gru_backward_row_f32, gru_forward_row_f32,
+                    lstm_backward_row_f32, lstm_forward_row_f32, rnn_backward_row_f32,
+                    rnn_forward_row_f32)
 
 import os
 
@@ -49,25 +51,6 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_omp_barrier()
     int fr_omp_num_threads()
     int fr_omp_thread_num()
-
-cdef extern from "_cell_math.h" nogil:
-    void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
-                              float *gates, const float *bias, const float *c_prev,
-                              float *c_new, float *h_new, float *out)
-    void gru_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
-                             float *gates, float *gates_h, const float *bias,
-                             const float *bias_hn, const float *h_prev, float *h_new,
-                             float *out)
-    void rnn_forward_row_f32(Py_ssize_t n, int relu, const float *gates, const float *bias,
-                             float *h_new, float *out)
-    void lstm_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *c_prev,
-                               const float *c_new, const float *grad_out, const float *dh,
-                               float *dh_prev, float *dc)
-    void gru_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, float *hn,
-                              const float *h_prev, const float *grad_out, const float *dh,
-                              float *dh_prev)
-    void rnn_backward_row_f32(Py_ssize_t n, int relu, float *gates, const float *h_new,
-                              const float *grad_out, const float *dh, float *dh_prev)
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
