@@ -4,6 +4,7 @@ Environment variables:
   FASTRNN_NO_OPENMP=1    build serial kernels even if OpenMP is available.
   FASTRNN_BOUNDSCHECK=1  compile with Cython bounds and wraparound checks (debugging).
 """
+import glob
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # _blas.pxd and the C headers hold only inline helpers: they compile into the kernels.
-MODULES = ["_openmp", "_recurrent", "_packed"]
+MODULES = ["_openmp", "_recurrent", "_packed", "_timedelay", "_lnlstm"]
 
 
 def _compiler_supports_openmp(compiler):
@@ -75,6 +76,8 @@ def extensions():
             f"fastrnn.{name}",
             [f"src/{name}.pyx"],
             include_dirs=[numpy.get_include(), "src"],
+            # C headers and .pxd files: a change to any of them rebuilds the modules.
+            depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxd")),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             # -O3 without -ffast-math: NaN handling and parity with the reference stay exact.
             extra_compile_args=["-O3"],

@@ -1,5 +1,9 @@
-"""Command line: ``python -m fastrnn {info,bench}`` (console script ``fastrnn``).
+"""Command line: ``python -m fastrnn {demo,info,bench}`` (console script ``fastrnn``).
 
+- ``fastrnn demo``: train a character-level LSTM language model on the
+  public-domain Shakespeare text shipped in the package (about a minute),
+  showing progress and the validation perplexity per epoch, then print text
+  sampled from it (``fastrnn demo --help``; ``fastrnn/demo.py``).
 - ``fastrnn info``: build and runtime configuration (``fastrnn.show_config()``).
 - ``fastrnn bench``: time fastrnn against its NumPy reference, PyTorch and ONNX
   Runtime on the same weights and inputs, and check that they agree
@@ -12,8 +16,16 @@ import sys
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastrnn", description="fastrnn: fast CPU RNN/LSTM/GRU for NumPy.")
-    sub = parser.add_subparsers(dest="command", metavar="{info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
     sub.required = True
+    from . import demo
+    demo.add_arguments(sub.add_parser(
+        "demo", help="train a character-level LSTM language model on Shakespeare and "
+                     "sample text from it (about a minute)",
+        description="Train a character-level language model (LSTM by default) on a small "
+                    "public-domain Shakespeare text shipped with fastrnn (or --text FILE), "
+                    "report the validation loss and perplexity per epoch, and print text "
+                    "sampled from the trained model."))
     sub.add_parser("info", help="print the build and runtime configuration",
                    description="Print whether OpenMP is on, the thread count and the BLAS "
                                "(fastrnn.show_config()).")
@@ -30,6 +42,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from . import demo
+        return demo.main(args)
     if args.command == "info":
         import fastrnn
         fastrnn.show_config()

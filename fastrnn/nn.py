@@ -42,7 +42,8 @@ from .layers import GRU, LSTM, RNN
 
 __all__ = ["Module", "Linear", "Embedding", "Dropout", "ReLU", "Tanh", "LastStep", "MeanPool",
            "Sequential", "SequenceClassifier", "SequenceTagger", "LanguageModel",
-           "make_recurrent", "sequence_mask"]
+           "make_recurrent", "sequence_mask", "module_config", "module_from_config",
+           "register_module_class"]
 
 
 # -- helpers -------------------------------------------------------------------
@@ -281,6 +282,19 @@ class Module:
             if per_child[prefix] or strict:
                 child.load_state_dict(per_child[prefix], strict=strict)
 
+    def get_config(self):
+        """The constructor arguments that rebuild this module's architecture (a
+        JSON-able dict; child modules as ``module_config`` specs). Weights are
+        not included: save them with ``state_dict()`` (``fastrnn.io.save`` does
+        both)."""
+        raise NotImplementedError(f"{type(self).__name__} has no get_config(): define "
+                                  f"get_config() / from_config() to save it with fastrnn.io")
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from ``get_config()`` (fresh, randomly initialised weights)."""
+        return cls(**config)
+
     def extra_repr(self):
         return ""
 
@@ -360,6 +374,10 @@ class Linear(Module):
             self._grads["bias"] += grad.sum(axis=0)
         return (grad @ self.weight).reshape(cache["lead"] + (self.in_features,))
 
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.has_bias, "dtype": self.dtype.name}
+
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.has_bias}")
@@ -431,6 +449,10 @@ class Embedding(Module):
         np.add.at(self._grads["weight"], flat, grad)
         return None
 
+    def get_config(self):
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx, "dtype": self.dtype.name}
+
     def extra_repr(self):
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
@@ -476,11 +498,17 @@ class Dropout(Module):
         self._cache = None
         return grad if cache["mask"] is None else grad * cache["mask"]
 
+    def get_config(self):
+        return {"p": self.p}
+
     def extra_repr(self):
         return f"p={self.p}"
 
 
 class _Activation(Module):
+    def get_config(self):
+        return {}
+
     def forward(self, x):
         x = _as_float_array("x", x)
         y = self._f(x)
@@ -576,6 +604,9 @@ class _Pool(Module):
             return grad_x[:, 0]
         return np.ascontiguousarray(grad_x.transpose(1, 0, 2)) if self.batch_first else grad_x
 
+    def get_config(self):
+        return {"batch_first": self.batch_first}
+
     def extra_repr(self):
         return "batch_first=True" if self.batch_first else ""
 
@@ -658,6 +689,14 @@ class Sequential(Module):
             raise ValueError(f"invalid or duplicate child name {name!r}")
         self._modules[name] = module
         return self
+
+    def get_config(self):
+        return {"modules": [[name, module_config(child)] for name, child in self._modules.items()]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(OrderedDict((name, module_from_config(spec))
+                               for name, spec in config["modules"]))
 
     def __len__(self):
         return len(self._modules)
@@ -805,6 +844,20 @@ class _RecurrentModel(Module):
     def batch_first(self):
         return bool(getattr(self.rnn, "batch_first", False))
 
+    def get_config(self):
+        embed = getattr(self, "embed", None)
+        return {"rnn": module_config(self.rnn), "head": module_config(self.head),
+                "embed": None if embed is None else module_config(embed),
+                "dropout": 0.0 if self.dropout is None else self.dropout.p}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("rnn", "head", "embed"):
+            if config.get(key) is not None:
+                config[key] = module_from_config(config[key])
+        return cls(**config)
+
     def _encode(self, x, lengths, hx):
         h = self.embed(x) if getattr(self, "embed", None) is not None else x
         out, state = self.rnn(h, hx, lengths)
@@ -923,6 +976,9 @@ class SequenceClassifier(_RecurrentModel):
             grad_out = np.ascontiguousarray(grad_out.transpose(1, 0, 2))
         return self._decode_input_grad(grad_out, grad_hn)
 
+    def get_config(self):
+        return dict(super().get_config(), pool=self.pool)
+
     def extra_repr(self):
         return f"pool={self.pool!r}"
 
@@ -987,3 +1043,78 @@ class LanguageModel(SequenceTagger):
             vocab_size, hidden_size, cell, vocab_size, embedding_dim, None, padding_idx,
             num_layers, False, rnn_dropout, batch_first, dtype, seed, impl, n_threads)
         return cls(rnn, head, embed=embed, dropout=dropout, seed=drop_seed)
+
+
+# -- architecture configs --------------------------------------------------------
+
+_RECURRENT_CLASSES = (RNN, LSTM, GRU)
+_REGISTRY = {}
+
+
+def _class_path(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_module_class(cls):
+    """Make a module class outside fastrnn loadable by ``module_from_config`` /
+    ``fastrnn.io.load`` (it needs ``get_config()`` and ``from_config()``).
+    Usable as a class decorator; returns ``cls``."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_module_class needs a class, got {cls!r}")
+    _REGISTRY[_class_path(cls)] = cls
+    return cls
+
+
+def _recurrent_config(layer):
+    config = {"input_size": layer.input_size, "hidden_size": layer.hidden_size,
+              "num_layers": layer.num_layers, "bias": layer.bias,
+              "batch_first": layer.batch_first, "dropout": layer.dropout,
+              "bidirectional": layer.bidirectional, "dtype": layer.dtype.name,
+              "impl": layer.impl}
+    if isinstance(layer, RNN):
+        config["nonlinearity"] = layer.nonlinearity
+    return config
+
+
+def module_config(module):
+    """``{"class": "fastrnn.nn.Linear", "config": {...}}``: a JSON-able spec that
+    ``module_from_config`` turns back into the same architecture (with fresh
+    weights). Works for the recurrent layers, every module here and any module
+    with ``get_config()``; thread settings (``n_threads``) are not part of it."""
+    if isinstance(module, _RECURRENT_CLASSES):
+        return {"class": _class_path(type(module)), "config": _recurrent_config(module)}
+    get_config = getattr(module, "get_config", None)
+    if get_config is None:
+        raise NotImplementedError(f"{type(module).__name__} has no get_config(): define "
+                                  f"get_config() / from_config() to save it with fastrnn.io")
+    return {"class": _class_path(type(module)), "config": get_config()}
+
+
+def _resolve_class(path):
+    if path in _REGISTRY:
+        return _REGISTRY[path]
+    module_name, _, name = str(path).rpartition(".")
+    if module_name == "fastrnn" or module_name.startswith("fastrnn."):
+        import importlib
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type):
+            return cls
+    raise ValueError(f"unknown module class {path!r}: classes outside fastrnn must be "
+                     f"registered with fastrnn.nn.register_module_class before loading")
+
+
+def module_from_config(spec):
+    """Rebuild a module from ``module_config(module)`` (fresh weights)."""
+    if not isinstance(spec, dict) or "class" not in spec or "config" not in spec:
+        raise ValueError(f"a module spec must be a dict with 'class' and 'config', got {spec!r}")
+    cls = _resolve_class(spec["class"])
+    config = dict(spec["config"])
+    if issubclass(cls, _RECURRENT_CLASSES):
+        return cls(**config)
+    from_config = getattr(cls, "from_config", None)
+    if from_config is None:
+        raise ValueError(f"{spec['class']} has no from_config()")
+    return from_config(config)

@@ -23,8 +23,8 @@ Design:
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport tanh, tanhf
 from libc.stdint cimport int64_t
+from libc.string cimport memset
 
 from _blas cimport gemm
 
@@ -32,11 +32,16 @@ import numpy as np
 
 from fastrnn._kernel_args import check_array, check_lengths
 
-# Activation codes (the same values as fastrnn.timedelay.ACTIVATIONS).
-cdef enum:
-    ACT_IDENTITY = 0
-    ACT_TANH = 1
-    ACT_RELU = 2
+# Vectorised elementwise work (activation codes: fastrnn.timedelay.ACTIVATIONS).
+cdef extern from "_timedelay_math.h" nogil:
+    int ACT_IDENTITY "TD_IDENTITY"
+    int ACT_TANH "TD_TANH"
+    int ACT_RELU "TD_RELU"
+    void td_activate_f32(Py_ssize_t n, int act, float *v)
+    void td_activate_f64(Py_ssize_t n, int act, double *v)
+    void td_act_grad_f32(Py_ssize_t n, int act, const float *y, const float *grad, float *g)
+    void td_act_grad_f64(Py_ssize_t n, int act, const double *y, const double *grad,
+                         double *g)
 
 # Below this many multiply-adds a parallel region costs more than it saves.
 DEF MIN_PARALLEL_WORK = 65536
@@ -44,7 +49,7 @@ DEF MIN_PARALLEL_WORK = 65536
 # output channels for the weight gradient), whatever the thread count: every
 # BLAS call has the same shape with 1 or N threads, so results are identical.
 DEF ROW_TILE = 256
-DEF OUT_TILE = 32
+DEF OUT_TILE = 128
 
 
 cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
@@ -66,7 +71,6 @@ cdef void _forward_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N, Py_ssize_t B
                         int act, const floating *x, const floating *w, const floating *bias,
                         const int64_t *lengths, floating *out) noexcept nogil:
     cdef Py_ssize_t r, o, j, shift, lo
-    cdef floating v
     # out[r0:r1] = bias
     for r in range(r0, r1):
         for o in range(O):
@@ -79,45 +83,29 @@ cdef void _forward_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N, Py_ssize_t B
         # out[lo:r1] += x[lo - shift:r1 - shift] @ w[j].T
         gemm(False, True, r1 - lo, O, I, 1, x + (lo - shift) * I, I, w + j * O * I, I,
              1, out + lo * O, O)
-    for r in range(r0, r1):
-        if not _valid(lengths, r, B):
-            for o in range(O):
-                out[r * O + o] = 0
-            continue
-        if act == ACT_TANH:
-            for o in range(O):
-                if floating is float:
-                    out[r * O + o] = tanhf(out[r * O + o])
-                else:
-                    out[r * O + o] = tanh(out[r * O + o])
-        elif act == ACT_RELU:
-            for o in range(O):
-                v = out[r * O + o]
-                # v > 0 is False for NaN: keep NaN propagating like torch.relu.
-                if not (v > 0) and v == v:
-                    out[r * O + o] = 0
+    if floating is float:
+        td_activate_f32((r1 - r0) * O, act, out + r0 * O)
+    else:
+        td_activate_f64((r1 - r0) * O, act, out + r0 * O)
+    if lengths != NULL:
+        for r in range(r0, r1):
+            if not _valid(lengths, r, B):
+                memset(out + r * O, 0, O * sizeof(floating))
 
 
 cdef void _grad_pre_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t B, Py_ssize_t O, int act,
                          const floating *out, const floating *grad_out,
                          const int64_t *lengths, floating *g) noexcept nogil:
     """g = grad_out * act'(pre) (from the output), zero past each sequence's length."""
-    cdef Py_ssize_t r, o, i
-    cdef floating y
-    for r in range(r0, r1):
-        if not _valid(lengths, r, B):
-            for o in range(O):
-                g[r * O + o] = 0
-            continue
-        for o in range(O):
-            i = r * O + o
-            if act == ACT_TANH:
-                y = out[i]
-                g[i] = grad_out[i] * (1 - y * y)
-            elif act == ACT_RELU:
-                g[i] = grad_out[i] if out[i] > 0 else 0
-            else:
-                g[i] = grad_out[i]
+    cdef Py_ssize_t r
+    if floating is float:
+        td_act_grad_f32((r1 - r0) * O, act, out + r0 * O, grad_out + r0 * O, g + r0 * O)
+    else:
+        td_act_grad_f64((r1 - r0) * O, act, out + r0 * O, grad_out + r0 * O, g + r0 * O)
+    if lengths != NULL:
+        for r in range(r0, r1):
+            if not _valid(lengths, r, B):
+                memset(g + r * O, 0, O * sizeof(floating))
 
 
 cdef void _grad_x_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t N, Py_ssize_t B,
@@ -186,7 +174,9 @@ cdef void _backward_impl(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
             _grad_x_rows(r0, r1, N, B, I, O, taps, dilation, g, w, grad_x)
     # 3. grad_w[j] += g[shift:].T @ x[:N - shift]: items are (tap, tile of output
     #    channels); the sum over all rows is one GEMM per item.
-    for item in prange(items, num_threads=w_threads, schedule="static"):
+    # (dynamic: the taps' GEMMs differ in size; an item's result does not depend
+    # on which thread runs it)
+    for item in prange(items, num_threads=w_threads, schedule="dynamic"):
         j = item // o_tiles
         o0 = (item % o_tiles) * OUT_TILE
         o1 = min(O, o0 + OUT_TILE)
@@ -278,11 +268,14 @@ cdef _forward_typed(const floating[::1] x, const floating[::1] w, const floating
 
 
 def backward(x, weight_taps, Py_ssize_t dilation, int act, lengths, out, grad_out, grad_x,
-             grad_weight_taps, grad_bias, int n_threads):
+             grad_weight_taps, grad_bias, int n_threads, scratch=None):
     """Backward of ``forward`` given its output ``out``: writes dL/dx into grad_x
     (T, B, I) (or skips it if None), ADDS dL/dw into grad_weight_taps (taps, O, I)
     and dL/dbias into grad_bias (O,) (None: no bias). Gradients at steps past a
-    sequence's length are ignored (the output there is a constant zero)."""
+    sequence's length are ignored (the output there is a constant zero).
+    ``scratch``: optional 1-D C-contiguous array of the dtype with at least
+    T * B * O entries, used for the pre-activation gradients (a caller reusing
+    it between calls saves the page faults of a fresh buffer)."""
     T, B, I, O, taps, dtype, lengths = _check_common(x, weight_taps, dilation, act, lengths,
                                                      n_threads)
     check_array("out", out, (T, B, O), dtype)
@@ -295,7 +288,15 @@ def backward(x, weight_taps, Py_ssize_t dilation, int act, lengths, out, grad_ou
     _check_out("grad_weight_taps", grad_weight_taps, (taps, O, I), dtype)
     if grad_bias is not None:
         _check_out("grad_bias", grad_bias, (O,), dtype)
-    g = np.empty(T * B * O, dtype)
+    if scratch is None:
+        g = np.empty(T * B * O, dtype)
+    else:
+        if (not isinstance(scratch, np.ndarray) or scratch.dtype != dtype or scratch.ndim != 1
+                or scratch.shape[0] < T * B * O or not scratch.flags.c_contiguous
+                or not scratch.flags.writeable):
+            raise ValueError(f"scratch must be a writeable C-contiguous 1-D {dtype} array of "
+                             f"at least {T * B * O} entries")
+        g = scratch[:T * B * O]
     bias_sums = np.empty(O, dtype)
     x, weight_taps = x.reshape(-1), weight_taps.reshape(-1)
     out, grad_out = out.reshape(-1), grad_out.reshape(-1)

@@ -1,0 +1,167 @@
+"""Argument checks shared by ``fastrnn._lnlstm`` (compiled) and
+``fastrnn.lnlstm_reference`` (NumPy): one layer, one direction of the
+layer-normalised / zoneout LSTM.
+
+The layer gives users friendly messages; these checks make sure that no call,
+however made, lets the kernel read or write out of bounds.
+"""
+import numpy as np
+
+from ._kernel_args import check_array, check_lengths
+
+# Local parameter names of one layer and direction (the layer appends the
+# suffix ``_l{k}`` / ``_l{k}_reverse``), in the order of named_parameters().
+LSTM_NAMES = ("weight_ih", "weight_hh")
+BIAS_NAMES = ("bias_ih", "bias_hh")
+LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias",
+            "ln_c_weight", "ln_c_bias")
+
+#: Layer-norm epsilon (Haste's value): rstd = 1 / sqrt(var + eps).
+DEFAULT_EPS = 1e-5
+
+
+def param_shapes(input_size, hidden_size, bias, layer_norm):
+    """Local name -> shape of one layer and direction, in parameter order."""
+    G = 4 * hidden_size
+    shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size)}
+    if bias:
+        shapes.update(bias_ih=(G,), bias_hh=(G,))
+    if layer_norm:
+        shapes.update(ln_ih_weight=(G,), ln_ih_bias=(G,), ln_hh_weight=(G,), ln_hh_bias=(G,),
+                      ln_c_weight=(hidden_size,), ln_c_bias=(hidden_size,))
+    return shapes
+
+
+def uses_layer_norm(weights):
+    """True when ``weights`` holds the six layer-norm parameters, False when it
+    holds none of them; anything else raises."""
+    present = [n for n in LN_NAMES if weights.get(n) is not None]
+    if present and len(present) != len(LN_NAMES):
+        missing = [n for n in LN_NAMES if n not in present]
+        raise ValueError(f"weights must hold all of {LN_NAMES} (layer norm) or none of them; "
+                         f"missing {missing}")
+    return bool(present)
+
+
+def has_bias(weights):
+    present = [weights.get(n) is not None for n in BIAS_NAMES]
+    if present[0] != present[1]:
+        raise ValueError("weights must hold both bias_ih and bias_hh, or neither")
+    return present[0]
+
+
+def check_weights(weights, input_size, hidden_size, dtype, what="weights"):
+    """Validate a weights (or grads) dict; returns (has_bias, layer_norm)."""
+    if not isinstance(weights, dict):
+        raise TypeError(f"{what} must be a dict of arrays, got {type(weights).__name__}")
+    bias, layer_norm = has_bias(weights), uses_layer_norm(weights)
+    shapes = param_shapes(input_size, hidden_size, bias, layer_norm)
+    unknown = [n for n, v in weights.items() if n not in shapes and v is not None]
+    if unknown:
+        raise ValueError(f"{what} has unknown keys {unknown} (expected {list(shapes)})")
+    for name, shape in shapes.items():
+        check_array(f"{what}[{name!r}]", weights.get(name), shape, dtype)
+    return bias, layer_norm
+
+
+def check_zoneout(name, p, mask, shape, dtype):
+    """p in [0, 1]; mask None or an array of ``shape`` (values 0/1, not checked)."""
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p!r}")
+    if mask is not None:
+        check_array(f"mask for {name}", mask, shape, dtype)
+        if not mask.flags.c_contiguous:
+            raise ValueError(f"mask for {name} must be C-contiguous")
+    return p
+
+
+def check_forward_args(x, weights, h0, c0, lengths, out, out_col, zoneout_h, zoneout_c,
+                       mask_h, mask_c, eps, n_threads):
+    """Validate a forward call. Returns (T, B, I, H, has_bias, layer_norm,
+    lengths, zoneout_h, zoneout_c, eps)."""
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        raise ValueError(f"x must be a 3-D array (seq_len, batch, input_size), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    T, B, I = x.shape
+    if T < 1 or B < 1 or I < 1:
+        raise ValueError(f"x must have seq_len, batch, input_size >= 1, got shape {x.shape}")
+    dtype = x.dtype
+    if dtype != np.float32 and dtype != np.float64:
+        raise TypeError(f"x must be float32 or float64, got {dtype}")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    w_hh = weights.get("weight_hh") if isinstance(weights, dict) else None
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
+        raise ValueError("weights['weight_hh'] must be a 2-D array (4 * hidden_size, "
+                         "hidden_size)")
+    H = w_hh.shape[1]
+    bias, layer_norm = check_weights(weights, I, H, dtype)
+    for name in param_shapes(I, H, bias, layer_norm):
+        if not weights[name].flags.c_contiguous:
+            raise ValueError(f"weights[{name!r}] must be C-contiguous")
+    check_array("h0", h0, (B, H), dtype)
+    check_array("c0", c0, (B, H), dtype)
+    if (not isinstance(out, np.ndarray) or out.ndim != 3 or out.shape[:2] != (T, B)
+            or not 0 <= out_col <= out.shape[2] - H):
+        raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got "
+                         f"{getattr(out, 'shape', None)} with out_col={out_col}")
+    check_array("out", out, out.shape, dtype)
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a C-contiguous, writable array")
+    zoneout_h = check_zoneout("zoneout_h", zoneout_h, mask_h, (T, B, H), dtype)
+    zoneout_c = check_zoneout("zoneout_c", zoneout_c, mask_c, (T, B, H), dtype)
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    return (T, B, I, H, bias, layer_norm, check_lengths(lengths, B, T), zoneout_h, zoneout_c,
+            eps)
+
+
+def check_backward_args(T, B, H, dtype, layer_norm, x, weights, lengths, grad_out, out_col,
+                        grad_h_n, grad_c_n, grad_x, grads, n_threads):
+    """Validate a backward call against the forward's sizes (from its cache).
+
+    Returns (I, has_bias, lengths, dh, dc): dh/dc are fresh C-contiguous
+    copies of grad_h_n/grad_c_n (zeros when None).
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[:2] != (T, B):
+        raise ValueError(f"x must be the forward's input, shape ({T}, {B}, input_size), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    I = x.shape[2]
+    check_array("x", x, (T, B, I), dtype)
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    bias, ln = check_weights(weights, I, H, dtype)
+    if ln != layer_norm:
+        raise ValueError("weights must have the layer-norm parameters iff the forward had them")
+    grad_bias, grad_ln = check_weights(grads, I, H, dtype, what="grads")
+    if grad_bias != bias or grad_ln != ln:
+        raise ValueError("grads must have the same keys as weights")
+    for name, g in grads.items():
+        if not (g.flags.c_contiguous and g.flags.writeable):
+            raise ValueError(f"grads[{name!r}] must be a C-contiguous, writable array")
+    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
+            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
+        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
+                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
+    check_array("grad_out", grad_out, grad_out.shape, dtype)
+    if not grad_out.flags.c_contiguous:
+        raise ValueError("grad_out must be C-contiguous (use np.ascontiguousarray)")
+    check_array("grad_x", grad_x, (T, B, I), dtype)
+    if not (grad_x.flags.c_contiguous and grad_x.flags.writeable):
+        raise ValueError("grad_x must be a C-contiguous, writable array")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    lengths = check_lengths(lengths, B, T)
+    dh = np.zeros((B, H), dtype)
+    dc = np.zeros((B, H), dtype)
+    for name, src, dst in (("grad_h_n", grad_h_n, dh), ("grad_c_n", grad_c_n, dc)):
+        if src is not None:
+            src = np.asarray(src)
+            if src.shape != (B, H):
+                raise ValueError(f"{name} must have shape {(B, H)}, got {src.shape}")
+            dst[...] = src
+    return I, bias, lengths, dh, dc
