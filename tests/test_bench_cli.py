@@ -132,8 +132,10 @@ def test_cli_info():
     env = dict(os.environ)
     package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
     env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
+    # cwd: `python -m` puts the working directory first on sys.path, where a
+    # checkout's uncompiled fastrnn/ would shadow the package under test.
     proc = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True,
-                          text=True, env=env, timeout=60)
+                          text=True, env=env, timeout=60, cwd=package_parent)
     assert proc.returncode == 0, proc.stderr
     assert "fastrnn OpenMP" in proc.stdout and "BLAS" in proc.stdout
 

@@ -35,8 +35,11 @@ def test_packaged_text_is_small_public_domain_shakespeare():
 
 def test_python_m_fastrnn_demo_runs_and_prints_generated_text(tmp_path):
     saved = tmp_path / "demo.npz"
+    # cwd: `python -m` puts the working directory first on sys.path, where a
+    # checkout's uncompiled fastrnn/ would shadow the package under test.
     proc = subprocess.run([sys.executable, "-m", "fastrnn", "demo", *TINY, "--save", str(saved)],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+                          capture_output=True, text=True, env=_env(), timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "epoch 0/1  (untrained)" in out and "epoch 1/1" in out and "val_ppl" in out
