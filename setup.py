@@ -17,7 +17,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# _blas.pxd and the C headers hold only inline helpers: they compile into the kernels.
+# _blas.pxd, _parallel.pxd, _gemm_split.pxi and the C headers hold only helpers that
+# compile into the kernels.
 MODULES = ["_openmp", "_recurrent", "_packed", "_timedelay", "_lnlstm"]
 
 
@@ -76,8 +77,8 @@ def extensions():
             f"fastrnn.{name}",
             [f"src/{name}.pyx"],
             include_dirs=[numpy.get_include(), "src"],
-            # C headers and .pxd files: a change to any of them rebuilds the modules.
-            depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxd")),
+            # C headers, .pxd and .pxi files: a change to any of them rebuilds the modules.
+            depends=sorted(glob.glob("src/*.h") + glob.glob("src/*.pxd") + glob.glob("src/*.pxi")),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             # -O3 without -ffast-math: NaN handling and parity with the reference stay exact.
             extra_compile_args=["-O3"],

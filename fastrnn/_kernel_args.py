@@ -40,14 +40,27 @@ def check_lengths(lengths, batch, seq_len):
     return lengths
 
 
-def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
-                       out, out_col, n_threads):
-    """Validate a forward call; returns (seq_len, batch, input_size, hidden_size, lengths)."""
-    G = gate_count(cell)
+def check_writable(name, a, shape, dtype):
+    """check_array, and a C-contiguous, writable array (a kernel writes into it)."""
+    check_array(name, a, shape, dtype)
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError(f"{name} must be a C-contiguous, writable array")
+
+
+def check_n_threads(n_threads):
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+
+
+def check_input(x, need_features=False):
+    """A forward's x: a C-contiguous float32/float64 (seq_len, batch, input_size)
+    array with seq_len, batch (and with need_features, input_size) >= 1."""
     if not isinstance(x, np.ndarray) or x.ndim != 3:
         raise ValueError(f"x must be a 3-D array (seq_len, batch, input_size), got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
     T, B, I = x.shape
+    if need_features and (T < 1 or B < 1 or I < 1):
+        raise ValueError(f"x must have seq_len, batch, input_size >= 1, got shape {x.shape}")
     if T < 1 or B < 1:
         raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {x.shape}")
     dtype = x.dtype
@@ -55,6 +68,57 @@ def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, 
         raise TypeError(f"x must be float32 or float64, got {dtype}")
     if not x.flags.c_contiguous:
         raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+
+
+def check_out_array(name, a, seq_len, batch, hidden_size, out_col, dtype, writable):
+    """out (forward, writable) or grad_out (backward): a C-contiguous (seq_len,
+    batch, >= out_col + hidden_size) array of the dtype, of which one direction
+    uses the columns out_col:out_col + hidden_size."""
+    T, B, H = seq_len, batch, hidden_size
+    if (not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[:2] != (T, B)
+            or not 0 <= out_col <= a.shape[2] - H):
+        raise ValueError(f"{name} must be ({T}, {B}, >= out_col + {H}), got "
+                         f"{getattr(a, 'shape', None)} with out_col={out_col}")
+    check_array(name, a, a.shape, dtype)
+    if writable:
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a C-contiguous, writable array")
+    elif not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+
+
+def check_backward_input(x, seq_len, batch, dtype):
+    """A backward's x: the forward's input (seq_len, batch, input_size), C-contiguous.
+    Returns input_size."""
+    T, B = seq_len, batch
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[:2] != (T, B):
+        raise ValueError(f"x must be the forward's input, shape ({T}, {B}, input_size), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    I = x.shape[2]
+    check_array("x", x, (T, B, I), dtype)
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    return I
+
+
+def state_grad(name, grad, batch, hidden_size, dtype):
+    """A fresh (batch, hidden_size) array of the dtype: zeros, or a copy of grad
+    (dL/dh_n or dL/dc_n, of any dtype), which the kernels overwrite."""
+    result = np.zeros((batch, hidden_size), dtype)
+    if grad is not None:
+        grad = np.asarray(grad)
+        check_array(name, grad, (batch, hidden_size), grad.dtype)
+        result[...] = grad
+    return result
+
+
+def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
+                       out, out_col, n_threads):
+    """Validate a forward call; returns (seq_len, batch, input_size, hidden_size, lengths)."""
+    G = gate_count(cell)
+    check_input(x)
+    T, B, I = x.shape
+    dtype = x.dtype
     if not isinstance(weight_hh, np.ndarray) or weight_hh.ndim != 2:
         raise ValueError("weight_hh must be a 2-D array (gates * hidden_size, hidden_size)")
     H = weight_hh.shape[1]
@@ -68,15 +132,8 @@ def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, 
     check_array("h0", h0, (B, H), dtype)
     if cell == CELL_LSTM:
         check_array("c0", c0, (B, H), dtype)
-    if (not isinstance(out, np.ndarray) or out.ndim != 3 or out.shape[:2] != (T, B)
-            or not 0 <= out_col <= out.shape[2] - H):
-        raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{getattr(out, 'shape', None)} with out_col={out_col}")
-    check_array("out", out, out.shape, dtype)
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("out must be a C-contiguous, writable array")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_out_array("out", out, T, B, H, out_col, dtype, writable=True)
+    check_n_threads(n_threads)
     return T, B, I, H, check_lengths(lengths, B, T)
 
 
@@ -90,46 +147,23 @@ def check_backward_args(cell, seq_len, batch, hidden_size, dtype, x, weight_ih, 
     kernels overwrite with dL/dh0, dL/dc0.
     """
     T, B, H, G = seq_len, batch, hidden_size, gate_count(cell)
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[:2] != (T, B):
-        raise ValueError(f"x must be the forward's input, shape ({T}, {B}, input_size), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    I = x.shape[2]
-    check_array("x", x, (T, B, I), dtype)
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    I = check_backward_input(x, T, B, dtype)
     check_array("weight_ih", weight_ih, (G * H, I), dtype)
     check_array("weight_hh", weight_hh, (G * H, H), dtype)
-    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
-            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
-        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
-    check_array("grad_out", grad_out, grad_out.shape, dtype)
-    if not grad_out.flags.c_contiguous:
-        raise ValueError("grad_out must be C-contiguous (use np.ascontiguousarray)")
+    check_out_array("grad_out", grad_out, T, B, H, out_col, dtype, writable=False)
     for name, array, shape in (("grad_x", grad_x, (T, B, I)),
                                ("grad_weight_ih", grad_weight_ih, (G * H, I)),
                                ("grad_weight_hh", grad_weight_hh, (G * H, H))):
-        check_array(name, array, shape, dtype)
-        if not (array.flags.c_contiguous and array.flags.writeable):
-            raise ValueError(f"{name} must be a C-contiguous, writable array")
+        check_writable(name, array, shape, dtype)
     if (grad_bias_ih is None) != (grad_bias_hh is None):
         raise ValueError("grad_bias_ih and grad_bias_hh must both be arrays or both None")
     if grad_bias_ih is not None:
         check_array("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
         check_array("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_n_threads(n_threads)
     lengths = check_lengths(lengths, B, T)
-    dh = np.zeros((B, H), dtype)
-    if grad_h_n is not None:
-        check_array("grad_h_n", np.asarray(grad_h_n), (B, H), np.asarray(grad_h_n).dtype)
-        dh[...] = grad_h_n
-    dc = None
-    if cell == CELL_LSTM:
-        dc = np.zeros((B, H), dtype)
-        if grad_c_n is not None:
-            check_array("grad_c_n", np.asarray(grad_c_n), (B, H), np.asarray(grad_c_n).dtype)
-            dc[...] = grad_c_n
+    dh = state_grad("grad_h_n", grad_h_n, B, H, dtype)
+    dc = state_grad("grad_c_n", grad_c_n, B, H, dtype) if cell == CELL_LSTM else None
     return I, lengths, dh, dc
 
 

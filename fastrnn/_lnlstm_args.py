@@ -7,7 +7,8 @@ however made, lets the kernel read or write out of bounds.
 """
 import numpy as np
 
-from ._kernel_args import check_array, check_lengths
+from ._kernel_args import (check_array, check_backward_input, check_input, check_lengths,
+                           check_n_threads, check_out_array, check_writable, state_grad)
 
 # Local parameter names of one layer and direction (the layer appends the
 # suffix ``_l{k}`` / ``_l{k}_reverse``), in the order of named_parameters().
@@ -80,17 +81,9 @@ def check_forward_args(x, weights, h0, c0, lengths, out, out_col, zoneout_h, zon
                        mask_h, mask_c, eps, n_threads):
     """Validate a forward call. Returns (T, B, I, H, has_bias, layer_norm,
     lengths, zoneout_h, zoneout_c, eps)."""
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise ValueError(f"x must be a 3-D array (seq_len, batch, input_size), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+    check_input(x, need_features=True)
     T, B, I = x.shape
-    if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"x must have seq_len, batch, input_size >= 1, got shape {x.shape}")
     dtype = x.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
     w_hh = weights.get("weight_hh") if isinstance(weights, dict) else None
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
         raise ValueError("weights['weight_hh'] must be a 2-D array (4 * hidden_size, "
@@ -102,20 +95,13 @@ def check_forward_args(x, weights, h0, c0, lengths, out, out_col, zoneout_h, zon
             raise ValueError(f"weights[{name!r}] must be C-contiguous")
     check_array("h0", h0, (B, H), dtype)
     check_array("c0", c0, (B, H), dtype)
-    if (not isinstance(out, np.ndarray) or out.ndim != 3 or out.shape[:2] != (T, B)
-            or not 0 <= out_col <= out.shape[2] - H):
-        raise ValueError(f"out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{getattr(out, 'shape', None)} with out_col={out_col}")
-    check_array("out", out, out.shape, dtype)
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("out must be a C-contiguous, writable array")
+    check_out_array("out", out, T, B, H, out_col, dtype, writable=True)
     zoneout_h = check_zoneout("zoneout_h", zoneout_h, mask_h, (T, B, H), dtype)
     zoneout_c = check_zoneout("zoneout_c", zoneout_c, mask_c, (T, B, H), dtype)
     eps = float(eps)
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_n_threads(n_threads)
     return (T, B, I, H, bias, layer_norm, check_lengths(lengths, B, T), zoneout_h, zoneout_c,
             eps)
 
@@ -127,13 +113,7 @@ def check_backward_args(T, B, H, dtype, layer_norm, x, weights, lengths, grad_ou
     Returns (I, has_bias, lengths, dh, dc): dh/dc are fresh C-contiguous
     copies of grad_h_n/grad_c_n (zeros when None).
     """
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[:2] != (T, B):
-        raise ValueError(f"x must be the forward's input, shape ({T}, {B}, input_size), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
-    I = x.shape[2]
-    check_array("x", x, (T, B, I), dtype)
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous (use np.ascontiguousarray)")
+    I = check_backward_input(x, T, B, dtype)
     bias, ln = check_weights(weights, I, H, dtype)
     if ln != layer_norm:
         raise ValueError("weights must have the layer-norm parameters iff the forward had them")
@@ -143,25 +123,10 @@ def check_backward_args(T, B, H, dtype, layer_norm, x, weights, lengths, grad_ou
     for name, g in grads.items():
         if not (g.flags.c_contiguous and g.flags.writeable):
             raise ValueError(f"grads[{name!r}] must be a C-contiguous, writable array")
-    if (not isinstance(grad_out, np.ndarray) or grad_out.ndim != 3
-            or grad_out.shape[:2] != (T, B) or not 0 <= out_col <= grad_out.shape[2] - H):
-        raise ValueError(f"grad_out must be ({T}, {B}, >= out_col + {H}), got "
-                         f"{getattr(grad_out, 'shape', None)} with out_col={out_col}")
-    check_array("grad_out", grad_out, grad_out.shape, dtype)
-    if not grad_out.flags.c_contiguous:
-        raise ValueError("grad_out must be C-contiguous (use np.ascontiguousarray)")
-    check_array("grad_x", grad_x, (T, B, I), dtype)
-    if not (grad_x.flags.c_contiguous and grad_x.flags.writeable):
-        raise ValueError("grad_x must be a C-contiguous, writable array")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_out_array("grad_out", grad_out, T, B, H, out_col, dtype, writable=False)
+    check_writable("grad_x", grad_x, (T, B, I), dtype)
+    check_n_threads(n_threads)
     lengths = check_lengths(lengths, B, T)
-    dh = np.zeros((B, H), dtype)
-    dc = np.zeros((B, H), dtype)
-    for name, src, dst in (("grad_h_n", grad_h_n, dh), ("grad_c_n", grad_c_n, dc)):
-        if src is not None:
-            src = np.asarray(src)
-            if src.shape != (B, H):
-                raise ValueError(f"{name} must have shape {(B, H)}, got {src.shape}")
-            dst[...] = src
+    dh = state_grad("grad_h_n", grad_h_n, B, H, dtype)
+    dc = state_grad("grad_c_n", grad_c_n, B, H, dtype)
     return I, bias, lengths, dh, dc

@@ -45,23 +45,154 @@ def _as_float_array(name, value, dtype):
     return array.astype(dtype, copy=False)
 
 
-class _RNNBase:
-    """Common machinery of RNN, LSTM and GRU (see the subclasses)."""
+# -- sequence layouts and checks, shared with the other sequence layers ---------
+
+def _input_layout(batch_first):
+    return "(batch, seq_len, input_size)" if batch_first else "(seq_len, batch, input_size)"
+
+
+def _time_major(x, input_size, batch_first):
+    """Check a (floating) input of a sequence layer and view it time-major.
+
+    x: (seq_len, batch, input_size), (batch, seq_len, input_size) with
+    batch_first, or unbatched (seq_len, input_size). Returns ``(x, unbatched)``
+    with x (seq_len, batch, input_size), a view.
+    """
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must be 3-D {_input_layout(batch_first)} or 2-D "
+                         f"(seq_len, input_size), got shape {x.shape}")
+    user_shape = x.shape
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    seq_len, batch, features = x.shape
+    if features != input_size:
+        raise ValueError(f"x must have input_size={input_size} features in its last "
+                         f"axis {_input_layout(batch_first)}, got shape {user_shape}")
+    if seq_len < 1 or batch < 1:
+        raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {user_shape}")
+    return x, unbatched
+
+
+def _kernel_input(x, lengths, training):
+    """The time-major input as the kernels read it: C-contiguous. In training a
+    private copy (the backward reads x again: an in-place edit of the caller's
+    array must not change the gradients), with the padding past ``lengths``
+    zeroed so that NaN or inf there cannot reach the weight gradients (0 * NaN
+    is NaN)."""
+    if not training:
+        return np.ascontiguousarray(x)
+    x = np.array(x, order="C")
+    if lengths is not None:
+        x[np.arange(x.shape[0])[:, None] >= lengths[None, :]] = 0
+    return x
+
+
+def _checked_lengths(lengths, seq_len, batch):
+    """``lengths`` as an integer array of shape (batch,) with values in 1..seq_len."""
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+    if array.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
+                         f"got {array.shape}")
+    if batch and (array.min() < 1 or array.max() > seq_len):
+        raise ValueError(f"lengths must be in 1..{seq_len} (seq_len), got values in "
+                         f"{array.min()}..{array.max()}")
+    return array
+
+
+def _time_major_grad(grad, shape, unbatched, batch_first):
+    """Check dL/d(out) (a floating array, in the output's layout) against the
+    time-major output shape (seq_len, batch, width); returns it time-major and
+    C-contiguous."""
+    seq_len, batch, width = shape
+    if unbatched:
+        expected = (seq_len, width)
+    elif batch_first:
+        expected = (batch, seq_len, width)
+    else:
+        expected = (seq_len, batch, width)
+    if grad.shape != expected:
+        raise ValueError(f"grad_output must have the shape of the output {expected}, "
+                         f"got {grad.shape}")
+    if unbatched:
+        grad = grad[:, None, :]
+    elif batch_first:
+        grad = grad.transpose(1, 0, 2)
+    return np.ascontiguousarray(grad)
+
+
+def _user_layout(array, unbatched, batch_first):
+    """A time-major (seq_len, batch, features) result in the caller's layout."""
+    if unbatched:
+        return array[:, 0]
+    if batch_first:
+        return np.ascontiguousarray(array.transpose(1, 0, 2))
+    return array
+
+
+def _checked_state(state_dict, shapes, strict, list_expected=True):
+    """The entries of a ``load_state_dict`` argument for the parameters
+    ``shapes`` ({name: shape}), each checked: a floating-point array of its
+    parameter's shape. With ``strict`` a missing or unexpected key raises a
+    KeyError (listing the expected names if ``list_expected``)."""
+    missing = [k for k in shapes if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in shapes]
+    if strict and (missing or unexpected):
+        raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                       f"{unexpected}" + (f" (expected {list(shapes)})" if list_expected else ""))
+    checked = {}
+    for name, shape in shapes.items():
+        if name not in state_dict:
+            continue
+        value = np.asarray(state_dict[name])
+        if not np.issubdtype(value.dtype, np.floating):
+            raise TypeError(f"load_state_dict: {name} must be a floating-point array, "
+                            f"got dtype {value.dtype}")
+        if value.shape != tuple(shape):
+            raise ValueError(f"load_state_dict: {name} must have shape {tuple(shape)}, "
+                             f"got {value.shape}")
+        checked[name] = value
+    return checked
+
+
+class _RecurrentBase:
+    """What every recurrent layer shares: RNN, LSTM and GRU here, LayerNormLSTM
+    and ZoneoutLSTM in ``fastrnn.lnlstm``.
+
+    Sizes and their checks; parameters under PyTorch's names (a local name per
+    layer and direction plus ``_l{k}``, ``_reverse``), their initialisation,
+    state dicts; modes and gradients; the checks and layouts of inputs,
+    states, lengths and gradients; the loops over layers and directions of
+    forward and backward, with dropout between layers. A subclass sets
+    ``_mode`` ("RNN", "LSTM" or "GRU": the kind of state) and ``_impls``
+    (``impl`` name -> kernel module) and runs one layer direction in
+    ``_forward_direction`` / ``_backward_direction``; it may change the
+    parameters (``_local_shapes``, ``_initial_value``).
+    """
 
     _mode = None
+    _impls = _IMPLS
+    # Rates shown by repr() when not 0, in this order.
+    _repr_rates = ("dropout",)
+    # Whether the kernels need C-contiguous initial states (given ones are copied).
+    _contiguous_states = False
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype="float32", seed=None,
-                 nonlinearity=None, impl="cython", n_threads=None):
+    def _init_sizes(self, input_size, hidden_size, num_layers, bias, batch_first,
+                    bidirectional):
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
+
+    def _init_rest(self, dtype, seed, nonlinearity, impl, n_threads):
+        """The rest of the constructor, after the sizes and rates: dtype, cell,
+        kernels, threads, generator, parameters and their gradients."""
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
         self.dtype = np.dtype(dtype)
@@ -74,9 +205,6 @@ class _RNNBase:
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._cache = None
-        self._packed = {}
-        self._steppers = {}
-        self._workspaces = {}
         self._name_cache = {}
         self._params = {}
         self.reset_parameters()
@@ -90,8 +218,8 @@ class _RNNBase:
 
     @impl.setter
     def impl(self, value):
-        if value not in _IMPLS:
-            raise ValueError(f"impl must be one of {sorted(_IMPLS)}, got {value!r}")
+        if value not in self._impls:
+            raise ValueError(f"impl must be one of {sorted(self._impls)}, got {value!r}")
         self._impl = value
 
     @property
@@ -113,34 +241,40 @@ class _RNNBase:
     def _layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.hidden_size * self.num_directions
 
+    def _local_shapes(self, layer):
+        """{local name: shape} of one direction of ``layer``, in parameter order."""
+        rows = self.gate_count * self.hidden_size
+        shapes = {"weight_ih": (rows, self._layer_input_size(layer)),
+                  "weight_hh": (rows, self.hidden_size)}
+        if self.bias:
+            shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+        return shapes
+
     def _names(self, layer, direction):
-        """PyTorch's parameter names of one layer and direction, in its order."""
+        """The parameter names of one layer and direction, in order."""
         key = (layer, direction)
         names = self._name_cache.get(key)
         if names is None:
             suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
-            if self.bias:
-                names += [f"bias_ih{suffix}", f"bias_hh{suffix}"]
+            names = [local + suffix for local in self._local_shapes(layer)]
             self._name_cache[key] = names
         return names
-
-    def _shapes(self, layer):
-        rows = self.gate_count * self.hidden_size
-        shapes = [(rows, self._layer_input_size(layer)), (rows, self.hidden_size)]
-        return shapes + [(rows,), (rows,)] if self.bias else shapes
 
     def _param_shapes(self):
         return {name: shape
                 for layer in range(self.num_layers) for direction in range(self.num_directions)
-                for name, shape in zip(self._names(layer, direction), self._shapes(layer))}
+                for name, shape in zip(self._names(layer, direction),
+                                       self._local_shapes(layer).values())}
+
+    def _initial_value(self, name, shape, bound):
+        return self._rng.uniform(-bound, bound, shape)
 
     def reset_parameters(self):
         """PyTorch's default: every parameter uniform in +-1/sqrt(hidden_size)."""
         bound = 1.0 / np.sqrt(self.hidden_size)
         self._unpack()
         for name, shape in self._param_shapes().items():
-            values = self._rng.uniform(-bound, bound, shape)
+            values = self._initial_value(name, shape, bound)
             if name in self._params:
                 np.copyto(self._params[name], values, casting="unsafe")
             else:
@@ -168,8 +302,9 @@ class _RNNBase:
         for flag, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
             if getattr(self, flag) != default:
                 extra += f", {flag}={getattr(self, flag)}"
-        if self.dropout:
-            extra += f", dropout={self.dropout}"
+        for name in self._repr_rates:
+            if getattr(self, name):
+                extra += f", {name}={getattr(self, name)}"
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
     # -- modes, gradients, state ------------------------------------------
@@ -182,31 +317,9 @@ class _RNNBase:
             self._cache = None
         return self
 
-    def _packed_weights(self, index, names):
-        """Inference weights in the packed kernels' layout, packed once.
-
-        While packed copies exist the parameters are read-only, so an in-place
-        edit raises instead of being silently ignored; train() or
-        load_state_dict() drop the copies and make them writable again.
-        """
-        if index not in self._packed:
-            params = [self._params[n] for n in names]
-            self._packed[index] = _packed.pack_weights(
-                self._cell, *params[:2], *(params[2:] if self.bias else (None, None)))
-            for p in params:
-                p.flags.writeable = False
-        return self._packed[index]
-
-    def _workspace(self, index, kind):
-        """Buffers the packed kernels reuse between calls, per layer direction and
-        kind of call (inference, training forward, backward)."""
-        return self._workspaces.setdefault((index, kind), {})
-
     def _unpack(self):
-        self._packed = {}
-        self._steppers = {}
-        for p in self._params.values():
-            p.flags.writeable = True
+        """Drop what is derived from the parameters before they change (nothing
+        here; _RNNBase's packed inference weights)."""
 
     def eval(self):
         return self.train(False)
@@ -223,24 +336,7 @@ class _RNNBase:
         """Load parameters by PyTorch's names (e.g. from ``torch_module.state_dict()``
         converted with ``.numpy()``). Floating arrays are cast to the layer's
         dtype. Everything is checked before anything is changed."""
-        shapes = self._param_shapes()
-        missing = [k for k in shapes if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in shapes]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                           f"{unexpected} (expected {list(shapes)})")
-        loaded = {}
-        for name, shape in shapes.items():
-            if name not in state_dict:
-                continue
-            value = np.asarray(state_dict[name])
-            if not np.issubdtype(value.dtype, np.floating):
-                raise TypeError(f"load_state_dict: {name} must be a floating-point array, "
-                                f"got dtype {value.dtype}")
-            if value.shape != shape:
-                raise ValueError(f"load_state_dict: {name} must have shape {shape}, "
-                                 f"got {value.shape}")
-            loaded[name] = value
+        loaded = _checked_state(state_dict, self._param_shapes(), strict)
         # Copy into the existing arrays, as torch does: whoever holds them (an
         # optimiser, user code) sees the new values.
         self._unpack()
@@ -275,7 +371,8 @@ class _RNNBase:
                 raise ValueError(f"{name} must have shape {shape} (num_layers * num_directions"
                                  f"{'' if unbatched else ', batch'}, hidden_size), "
                                  f"got {state.shape}")
-            result.append(state.reshape(count, batch, self.hidden_size))
+            state = state.reshape(count, batch, self.hidden_size)
+            result.append(np.ascontiguousarray(state) if self._contiguous_states else state)
         return result
 
     def _check_lengths(self, lengths, seq_len, batch, unbatched):
@@ -283,16 +380,7 @@ class _RNNBase:
             return None
         if unbatched:
             raise ValueError("lengths needs a batched input (seq_len, batch, input_size)")
-        array = np.asarray(lengths)
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
-        if array.shape != (batch,):
-            raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
-                             f"got {array.shape}")
-        if array.min() < 1 or array.max() > seq_len:
-            raise ValueError(f"lengths must be in 1..{seq_len} (seq_len), got values in "
-                             f"{array.min()}..{array.max()}")
-        return np.ascontiguousarray(array, dtype=np.int64)
+        return np.ascontiguousarray(_checked_lengths(lengths, seq_len, batch), dtype=np.int64)
 
     def forward(self, x, hx=None, lengths=None):
         """Run the layer. Returns ``(out, h_n)`` (LSTM: ``(out, (h_n, c_n))``).
@@ -302,41 +390,214 @@ class _RNNBase:
         shape (num_layers * num_directions, batch, hidden_size), zeros if None.
         lengths: one int per sequence in 1..seq_len, or None.
         """
-        x = _as_float_array("x", x, self.dtype)
-        if x.ndim not in (2, 3):
-            raise ValueError(f"x must be 3-D {self._input_layout()} or 2-D "
-                             f"(seq_len, input_size), got shape {x.shape}")
-        unbatched = x.ndim == 2
-        user_shape = x.shape
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        seq_len, batch, features = x.shape
-        if features != self.input_size:
-            raise ValueError(f"x must have input_size={self.input_size} features in its last "
-                             f"axis {self._input_layout()}, got shape {user_shape}")
-        if seq_len < 1 or batch < 1:
-            raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {user_shape}")
+        x, unbatched = _time_major(_as_float_array("x", x, self.dtype), self.input_size,
+                                   self.batch_first)
+        seq_len, batch, _ = x.shape
         lengths = self._check_lengths(lengths, seq_len, batch, unbatched)
-        if self.training:
-            # The backward reads x again: keep a private copy (an in-place edit of the
-            # caller's array must not change the gradients), with padding zeroed so that
-            # NaN or inf there cannot reach the weight gradients (0 * NaN is NaN).
-            x = np.array(x, order="C")
-            if lengths is not None:
-                x[np.arange(seq_len)[:, None] >= lengths[None, :]] = 0
-        else:
-            x = np.ascontiguousarray(x)
+        x = _kernel_input(x, lengths, self.training)
         states = self._check_states(hx, batch, unbatched)
         out, final_states, cache = self._run_forward(x, states, lengths)
         self._cache = cache
         if cache is not None:
             cache["out_shape"] = (seq_len, batch, out.shape[2])
             cache["unbatched"] = unbatched
-        out = self._to_user_layout(out, unbatched)
-        finals = [s[:, 0] if unbatched else s for s in final_states]
-        return out, (tuple(finals) if self._mode == "LSTM" else finals[0])
+        out = _user_layout(out, unbatched, self.batch_first)
+        if unbatched:
+            final_states = [s[:, 0] for s in final_states]
+        return out, (tuple(final_states) if self._mode == "LSTM" else final_states[0])
+
+    def _kernels(self):
+        """The kernel module of this forward."""
+        return self._impls[self._impl]
+
+    def _blas_limit(self, kernels):
+        """Where the kernels run: BLAS limited to one thread (they parallelise
+        themselves)."""
+        return single_threaded_blas()
+
+    def _run_forward(self, x, states, lengths):
+        kernels = self._kernels()
+        n_threads = resolve_n_threads(self.n_threads)
+        seq_len, batch, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        is_lstm = self._mode == "LSTM"
+        h0 = states[0]
+        c0 = states[1] if is_lstm else None
+        h_n = np.empty_like(h0)
+        c_n = np.empty_like(c0) if is_lstm else None
+        training = self.training
+        layers = []
+        layer_input = x
+        with self._blas_limit(kernels):
+            for layer in range(self.num_layers):
+                out = np.empty((seq_len, batch, D * H), self.dtype)
+                direction_caches = []
+                for direction in range(D):
+                    index = layer * D + direction
+                    h, c, cache = self._forward_direction(
+                        kernels, layer, direction, index, layer_input, h0[index],
+                        c0[index] if is_lstm else None, lengths, training, out, n_threads)
+                    h_n[index] = h
+                    if is_lstm:
+                        c_n[index] = c
+                    direction_caches.append(cache)
+                layers.append({"input": layer_input, "caches": direction_caches, "mask": None})
+                if layer < self.num_layers - 1 and training and self.dropout > 0:
+                    # Inter-layer dropout (PyTorch's `dropout` argument), inverted scaling.
+                    keep = 1.0 - self.dropout
+                    mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
+                    out = out * mask
+                    layers[-1]["mask"] = mask
+                layer_input = out
+        finals = [h_n, c_n] if is_lstm else [h_n]
+        cache = None
+        if training:
+            cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads,
+                     "kernels": kernels}
+        return layer_input, finals, cache
+
+    def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
+                           training, out, n_threads):
+        """One kernel call: layer ``layer``, ``direction`` (index ``index`` of the
+        states) on the time-major x, writing out[:, :, direction * H:][:H].
+        Returns ``(h_n, c_n or None, cache)``."""
+        raise NotImplementedError
+
+    def backward(self, grad_output, grad_hn=None):
+        """Backpropagate through the last training-mode forward.
+
+        grad_output: dL/d(out), the shape of ``out``. grad_hn: dL/d(h_n) (LSTM:
+        a tuple (dL/dh_n, dL/dc_n), either may be None), or None for zero.
+        Returns ``(dx, dhx)``, shaped like ``x`` and ``hx`` (LSTM: dhx is
+        (dh_0, dc_0)). Parameter gradients are added to ``self.grads``.
+        Gradients at positions past a sequence's length are ignored (the
+        output there is a constant zero).
+        """
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a forward() in training mode (call train() "
+                               "first) and can be called once per forward")
+        batch = cache["out_shape"][1]
+        unbatched = cache["unbatched"]
+        grad = _time_major_grad(_as_float_array("grad_output", grad_output, self.dtype),
+                                cache["out_shape"], unbatched, self.batch_first)
+        grad_states = self._check_grad_hn(grad_hn, batch, unbatched)
+        self._cache = None  # one backward per forward, even if this one fails
+        grad_x, grad_h0 = self._run_backward(cache, grad, grad_states)
+        grad_x = _user_layout(grad_x, unbatched, self.batch_first)
+        if unbatched:
+            grad_h0 = [g[:, 0] for g in grad_h0]
+        return grad_x, (tuple(grad_h0) if self._mode == "LSTM" else grad_h0[0])
+
+    def _check_grad_hn(self, grad_hn, batch, unbatched):
+        count = self.num_layers * self.num_directions
+        shape = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
+        if self._mode == "LSTM":
+            if grad_hn is None:
+                grad_hn = (None, None)
+            if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
+                raise TypeError(f"grad_hn must be None or a tuple (dh_n, dc_n) of arrays of "
+                                f"shape {shape} (or None)")
+            names = ["grad_hn[0] (dh_n)", "grad_hn[1] (dc_n)"]
+        else:
+            grad_hn = [grad_hn]
+            names = ["grad_hn"]
+        result = []
+        for name, g in zip(names, grad_hn):
+            if g is None:
+                result.append(None)
+                continue
+            g = _as_float_array(name, g, self.dtype)
+            if g.shape != shape:
+                raise ValueError(f"{name} must have the shape of h_n {shape}, got {g.shape}")
+            result.append(g.reshape(count, batch, self.hidden_size))
+        return result
+
+    def _run_backward(self, cache, grad, grad_states):
+        kernels = cache["kernels"]
+        n_threads = cache["n_threads"]
+        lengths = cache["lengths"]
+        H, D = self.hidden_size, self.num_directions
+        is_lstm = self._mode == "LSTM"
+        count = self.num_layers * D
+        batch = grad.shape[1]
+        grad_h0 = np.zeros((count, batch, H), self.dtype)
+        grad_c0 = np.zeros((count, batch, H), self.dtype) if is_lstm else None
+        grad_layer_out = grad
+        with self._blas_limit(kernels):
+            for layer in reversed(range(self.num_layers)):
+                entry = cache["layers"][layer]
+                layer_input = entry["input"]
+                grad_input = np.zeros_like(layer_input)
+                for direction in range(D):
+                    index = layer * D + direction
+                    dh, dc = self._backward_direction(
+                        kernels, layer, direction, index, entry["caches"][direction],
+                        layer_input, lengths, grad_layer_out,
+                        None if grad_states[0] is None else grad_states[0][index],
+                        None if not is_lstm or grad_states[1] is None
+                        else grad_states[1][index],
+                        grad_input, n_threads)
+                    grad_h0[index] = dh
+                    if is_lstm:
+                        grad_c0[index] = dc
+                if layer > 0 and cache["layers"][layer - 1]["mask"] is not None:
+                    grad_input *= cache["layers"][layer - 1]["mask"]
+                grad_layer_out = grad_input
+        return grad_layer_out, ([grad_h0, grad_c0] if is_lstm else [grad_h0])
+
+    def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
+                            grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
+        """The backward kernel call of ``_forward_direction`` (``cache`` is its
+        cache): adds to grad_x and to the parameters' grads; returns
+        ``(dh_0, dc_0 or None)``."""
+        raise NotImplementedError
+
+
+class _RNNBase(_RecurrentBase):
+    """Common machinery of RNN, LSTM and GRU (see the subclasses)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None,
+                 nonlinearity=None, impl="cython", n_threads=None):
+        self._init_sizes(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self._packed = {}
+        self._steppers = {}
+        self._workspaces = {}
+        self._init_rest(dtype, seed, nonlinearity, impl, n_threads)
+
+    # -- packed float32 inference weights --------------------------------
+
+    def _packed_weights(self, index, names):
+        """Inference weights in the packed kernels' layout, packed once.
+
+        While packed copies exist the parameters are read-only, so an in-place
+        edit raises instead of being silently ignored; train() or
+        load_state_dict() drop the copies and make them writable again.
+        """
+        if index not in self._packed:
+            params = [self._params[n] for n in names]
+            self._packed[index] = _packed.pack_weights(
+                self._cell, *params[:2], *(params[2:] if self.bias else (None, None)))
+            for p in params:
+                p.flags.writeable = False
+        return self._packed[index]
+
+    def _workspace(self, index, kind):
+        """Buffers the packed kernels reuse between calls, per layer direction and
+        kind of call (inference, training forward, backward)."""
+        return self._workspaces.setdefault((index, kind), {})
+
+    def _unpack(self):
+        self._packed = {}
+        self._steppers = {}
+        for p in self._params.values():
+            p.flags.writeable = True
+
+    # -- streaming ---------------------------------------------------------
 
     def step(self, x, hx=None):
         """One time step, for streaming inference.
@@ -393,175 +654,46 @@ class _RNNBase:
             return [p.reshape(self.num_layers, batch, self.hidden_size) for p in parts]
         return list(parts)
 
-    def _input_layout(self):
-        return ("(batch, seq_len, input_size)" if self.batch_first
-                else "(seq_len, batch, input_size)")
+    # -- kernel calls --------------------------------------------------------
 
-    def _user_shape(self, shape):
-        seq_len, batch, features = shape
-        return (batch, seq_len, features) if self.batch_first else (seq_len, batch, features)
-
-    def _to_user_layout(self, array, unbatched):
-        if unbatched:
-            return array[:, 0]
-        if self.batch_first:
-            return np.ascontiguousarray(array.transpose(1, 0, 2))
-        return array
-
-    def _run_forward(self, x, states, lengths):
-        kernels = _IMPLS[self._impl]
-        n_threads = resolve_n_threads(self.n_threads)
-        seq_len, batch, _ = x.shape
-        H, D = self.hidden_size, self.num_directions
-        is_lstm = self._mode == "LSTM"
-        h0 = states[0]
-        c0 = states[1] if is_lstm else None
-        h_n = np.empty_like(h0)
-        c_n = np.empty_like(c0) if is_lstm else None
-        training = self.training
+    def _kernels(self):
         # float32 runs on the packed kernels (their own SIMD GEMM); float64 on the
         # BLAS-based kernels; impl="reference" on NumPy.
-        use_packed = self._impl == "cython" and self.dtype == np.float32
-        if use_packed:
-            kernels = _packed
-        layers = []
-        layer_input = x
+        if self._impl == "cython" and self.dtype == np.float32:
+            return _packed
+        return self._impls[self._impl]
+
+    def _blas_limit(self, kernels):
         # The packed kernels call no BLAS: only the BLAS path needs the limit.
-        with (contextlib.nullcontext() if use_packed else single_threaded_blas()):
-            for layer in range(self.num_layers):
-                out = np.empty((seq_len, batch, D * H), self.dtype)
-                direction_caches = []
-                for direction in range(D):
-                    index = layer * D + direction
-                    params = [self._params.get(n) for n in self._names(layer, direction)]
-                    weight_ih, weight_hh = params[:2]
-                    bias_ih, bias_hh = params[2:] if self.bias else (None, None)
-                    args = (self._cell, layer_input, weight_ih, weight_hh, bias_ih, bias_hh,
-                            h0[index], c0[index] if is_lstm else None, lengths, bool(direction),
-                            training, out, direction * H, n_threads)
-                    # Inference reuses weights packed once; training packs per call
-                    # (the weights change between steps).
-                    packed = None
-                    if use_packed and not training:
-                        packed = self._packed_weights(index, self._names(layer, direction))
-                    h, c, cache = (kernels.forward(*args, packed=packed,
-                                                   workspace=self._workspace(index, training))
-                                   if use_packed else kernels.forward(*args))
-                    h_n[index] = h
-                    if is_lstm:
-                        c_n[index] = c
-                    direction_caches.append(cache)
-                layers.append({"input": layer_input, "caches": direction_caches, "mask": None})
-                if layer < self.num_layers - 1 and training and self.dropout > 0:
-                    # Inter-layer dropout (PyTorch's `dropout` argument), inverted scaling.
-                    keep = 1.0 - self.dropout
-                    mask = (self._rng.random(out.shape) < keep).astype(self.dtype) / keep
-                    out = out * mask
-                    layers[-1]["mask"] = mask
-                layer_input = out
-        finals = [h_n, c_n] if is_lstm else [h_n]
-        cache = None
-        if training:
-            cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads,
-                     "kernels": kernels}
-        return layer_input, finals, cache
+        return contextlib.nullcontext() if kernels is _packed else single_threaded_blas()
 
-    def backward(self, grad_output, grad_hn=None):
-        """Backpropagate through the last training-mode forward.
+    def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
+                           training, out, n_threads):
+        names = self._names(layer, direction)
+        params = [self._params.get(n) for n in names]
+        weight_ih, weight_hh = params[:2]
+        bias_ih, bias_hh = params[2:] if self.bias else (None, None)
+        args = (self._cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
+                bool(direction), training, out, direction * self.hidden_size, n_threads)
+        if kernels is not _packed:
+            return kernels.forward(*args)
+        # Inference reuses weights packed once; training packs per call (the
+        # weights change between steps).
+        packed = None if training else self._packed_weights(index, names)
+        return kernels.forward(*args, packed=packed, workspace=self._workspace(index, training))
 
-        grad_output: dL/d(out), the shape of ``out``. grad_hn: dL/d(h_n) (LSTM:
-        a tuple (dL/dh_n, dL/dc_n), either may be None), or None for zero.
-        Returns ``(dx, dhx)``, shaped like ``x`` and ``hx`` (LSTM: dhx is
-        (dh_0, dc_0)). Parameter gradients are added to ``self.grads``.
-        Gradients at positions past a sequence's length are ignored (the
-        output there is a constant zero).
-        """
-        cache = self._cache
-        if cache is None:
-            raise RuntimeError("backward() needs a forward() in training mode (call train() "
-                               "first) and can be called once per forward")
-        seq_len, batch, width = cache["out_shape"]
-        unbatched = cache["unbatched"]
-        expected = (seq_len, width) if unbatched else self._user_shape((seq_len, batch, width))
-        grad = _as_float_array("grad_output", grad_output, self.dtype)
-        if grad.shape != expected:
-            raise ValueError(f"grad_output must have the shape of the output {expected}, "
-                             f"got {grad.shape}")
-        if unbatched:
-            grad = grad[:, None, :]
-        elif self.batch_first:
-            grad = grad.transpose(1, 0, 2)
-        grad = np.ascontiguousarray(grad)
-        grad_states = self._check_grad_hn(grad_hn, batch, unbatched)
-        self._cache = None  # one backward per forward, even if this one fails
-        grad_x, grad_h0 = self._run_backward(cache, grad, grad_states)
-        grad_x = self._to_user_layout(grad_x, unbatched)
-        if unbatched:
-            grad_h0 = [g[:, 0] for g in grad_h0]
-        return grad_x, (tuple(grad_h0) if self._mode == "LSTM" else grad_h0[0])
-
-    def _check_grad_hn(self, grad_hn, batch, unbatched):
-        count = self.num_layers * self.num_directions
-        shape = (count, self.hidden_size) if unbatched else (count, batch, self.hidden_size)
-        if self._mode == "LSTM":
-            if grad_hn is None:
-                grad_hn = (None, None)
-            if not isinstance(grad_hn, (tuple, list)) or len(grad_hn) != 2:
-                raise TypeError(f"grad_hn must be None or a tuple (dh_n, dc_n) of arrays of "
-                                f"shape {shape} (or None)")
-            names = ["grad_hn[0] (dh_n)", "grad_hn[1] (dc_n)"]
-        else:
-            grad_hn = [grad_hn]
-            names = ["grad_hn"]
-        result = []
-        for name, g in zip(names, grad_hn):
-            if g is None:
-                result.append(None)
-                continue
-            g = _as_float_array(name, g, self.dtype)
-            if g.shape != shape:
-                raise ValueError(f"{name} must have the shape of h_n {shape}, got {g.shape}")
-            result.append(g.reshape(count, batch, self.hidden_size))
-        return result
-
-    def _run_backward(self, cache, grad, grad_states):
-        kernels = cache["kernels"]
-        n_threads = cache["n_threads"]
-        lengths = cache["lengths"]
-        H, D = self.hidden_size, self.num_directions
-        is_lstm = self._mode == "LSTM"
-        count = self.num_layers * D
-        batch = grad.shape[1]
-        grad_h0 = np.zeros((count, batch, H), self.dtype)
-        grad_c0 = np.zeros((count, batch, H), self.dtype) if is_lstm else None
-        grad_layer_out = grad
-        with (contextlib.nullcontext() if kernels is _packed else single_threaded_blas()):
-            for layer in reversed(range(self.num_layers)):
-                entry = cache["layers"][layer]
-                layer_input = entry["input"]
-                grad_input = np.zeros_like(layer_input)
-                for direction in range(D):
-                    index = layer * D + direction
-                    names = self._names(layer, direction)
-                    weight_ih, weight_hh = self._params[names[0]], self._params[names[1]]
-                    grad_bias = ((self.grads[names[2]], self.grads[names[3]]) if self.bias
-                                 else (None, None))
-                    args = (self._cell, entry["caches"][direction], layer_input, weight_ih,
-                            weight_hh, lengths, bool(direction), grad_layer_out, direction * H,
-                            None if grad_states[0] is None else grad_states[0][index],
-                            None if not is_lstm or grad_states[1] is None
-                            else grad_states[1][index],
-                            grad_input, self.grads[names[0]], self.grads[names[1]], *grad_bias,
-                            n_threads)
-                    dh, dc = (kernels.backward(*args, workspace=self._workspace(index, "backward"))
-                              if kernels is _packed else kernels.backward(*args))
-                    grad_h0[index] = dh
-                    if is_lstm:
-                        grad_c0[index] = dc
-                if layer > 0 and cache["layers"][layer - 1]["mask"] is not None:
-                    grad_input *= cache["layers"][layer - 1]["mask"]
-                grad_layer_out = grad_input
-        return grad_layer_out, ([grad_h0, grad_c0] if is_lstm else [grad_h0])
+    def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
+                            grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
+        names = self._names(layer, direction)
+        weight_ih, weight_hh = self._params[names[0]], self._params[names[1]]
+        grad_bias = ((self.grads[names[2]], self.grads[names[3]]) if self.bias
+                     else (None, None))
+        args = (self._cell, cache, x, weight_ih, weight_hh, lengths, bool(direction), grad_out,
+                direction * self.hidden_size, grad_h_n, grad_c_n, grad_x,
+                self.grads[names[0]], self.grads[names[1]], *grad_bias, n_threads)
+        if kernels is _packed:
+            return kernels.backward(*args, workspace=self._workspace(index, "backward"))
+        return kernels.backward(*args)
 
 
 _COMMON_ARGS = """

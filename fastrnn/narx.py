@@ -15,6 +15,7 @@ warm-up history is handled as at the start of training.
 """
 import numpy as np
 
+from .layers import _user_layout
 from .timedelay import _int_at_least
 from .nn import (Linear, Module, ReLU, Sequential, Tanh, _Activation, _as_float_array,
                  _check_lengths, _child_seeds, _float_dtype, _no_cache_error, _positive_int)
@@ -158,13 +159,6 @@ class NARX(Module):
                              f"{array.shape if not unbatched else array[:, 0].shape}")
         return array, unbatched
 
-    def _user_layout(self, array, unbatched):
-        if unbatched:
-            return array[:, 0]
-        if self.batch_first:
-            return np.ascontiguousarray(array.transpose(1, 0, 2))
-        return array
-
     def _check_pair(self, x, y):
         """Time-major (x or None, y) with matching seq_len and batch."""
         y, unbatched = self._time_major("y", y, self.output_size)
@@ -200,7 +194,7 @@ class NARX(Module):
             pred[~mask] = 0
         self._cache = {"shape": y.shape, "unbatched": unbatched, "mask": mask} \
             if self.training else None
-        return self._user_layout(pred, unbatched)
+        return _user_layout(pred, unbatched, self.batch_first)
 
     def backward(self, grad_pred):
         """dL/d(predictions) -> ``(grad_x, grad_y)`` in the inputs' layout."""
@@ -218,8 +212,9 @@ class NARX(Module):
         grad_feats = self.net.backward(np.ascontiguousarray(grad))
         grad_x, grad_y = _unlag(grad_feats, self.input_size, self.output_size,
                                 self.input_delays, self.output_delays)
-        return (None if grad_x is None else self._user_layout(grad_x, cache["unbatched"]),
-                None if grad_y is None else self._user_layout(grad_y, cache["unbatched"]))
+        unbatched = cache["unbatched"]
+        return (None if grad_x is None else _user_layout(grad_x, unbatched, self.batch_first),
+                None if grad_y is None else _user_layout(grad_y, unbatched, self.batch_first))
 
     # -- closed loop --
 
@@ -281,7 +276,7 @@ class NARX(Module):
                 feats[:, col:col + O] = ys[t - j] if t - j >= 0 else 0
                 col += O
             ys[t] = self._predict(feats)
-        return self._user_layout(ys[T_h:], unbatched)
+        return _user_layout(ys[T_h:], unbatched, self.batch_first)
 
     def extra_repr(self):
         return (f"input_size={self.input_size}, output_size={self.output_size}, "

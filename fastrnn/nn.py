@@ -38,7 +38,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, _checked_lengths, _checked_state, _positive_int
 
 __all__ = ["Module", "Linear", "Embedding", "Dropout", "ReLU", "Tanh", "LastStep", "MeanPool",
            "Sequential", "SequenceClassifier", "SequenceTagger", "LanguageModel",
@@ -47,12 +47,6 @@ __all__ = ["Module", "Linear", "Embedding", "Dropout", "ReLU", "Tanh", "LastStep
 
 
 # -- helpers -------------------------------------------------------------------
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
 
 def _float_dtype(dtype):
     if np.dtype(dtype) not in (np.float32, np.float64):
@@ -116,16 +110,8 @@ def sequence_mask(lengths, seq_len, batch_first=False):
 
 
 def _check_lengths(lengths, seq_len, batch):
-    array = np.asarray(lengths)
-    if array.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
-    if array.shape != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
-                         f"got {array.shape}")
-    if batch and (array.min() < 1 or array.max() > seq_len):
-        raise ValueError(f"lengths must be in 1..{seq_len} (seq_len), got values in "
-                         f"{array.min()}..{array.max()}")
-    return array.astype(np.int64)
+    """An int64 copy of ``lengths`` ((batch,), values in 1..seq_len)."""
+    return _checked_lengths(lengths, seq_len, batch).astype(np.int64)
 
 
 # -- base ----------------------------------------------------------------------
@@ -254,23 +240,8 @@ class Module:
         checked (missing / unexpected keys with ``strict``, shapes, dtypes)
         before anything is changed."""
         expected = self._expected_state()
-        missing = [k for k in expected if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in expected]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
-                           f"{unexpected}")
-        values = {}
-        for name, (_, _, shape) in expected.items():
-            if name not in state_dict:
-                continue
-            value = np.asarray(state_dict[name])
-            if not np.issubdtype(value.dtype, np.floating):
-                raise TypeError(f"load_state_dict: {name} must be a floating-point array, "
-                                f"got dtype {value.dtype}")
-            if value.shape != tuple(shape):
-                raise ValueError(f"load_state_dict: {name} must have shape {tuple(shape)}, "
-                                 f"got {value.shape}")
-            values[name] = value
+        shapes = {name: shape for name, (_, _, shape) in expected.items()}
+        values = _checked_state(state_dict, shapes, strict, list_expected=False)
         per_child = {prefix: {} for prefix in self._modules}
         for name, value in values.items():
             owner, local, _ = expected[name]

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _timedelay
 from ._threads import _check_n_threads, resolve_n_threads, single_threaded_blas
+from .layers import _kernel_input, _time_major, _time_major_grad, _user_layout
 from .nn import Module, _as_float_array, _check_lengths, _float_dtype, _no_cache_error, _rng
 
 __all__ = ["TimeDelay", "reference_forward", "reference_backward", "ACTIVATIONS"]
@@ -193,39 +194,15 @@ class TimeDelay(Module):
 
     # -- forward / backward --
 
-    def _layout(self):
-        return ("(batch, seq_len, input_size)" if self.batch_first
-                else "(seq_len, batch, input_size)")
-
     def forward(self, x, lengths=None):
-        x = _as_float_array("x", x, self.dtype)
-        if x.ndim not in (2, 3):
-            raise ValueError(f"x must be 3-D {self._layout()} or 2-D (seq_len, input_size), "
-                             f"got shape {x.shape}")
-        user_shape = x.shape
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        seq_len, batch, features = x.shape
-        if features != self.input_size:
-            raise ValueError(f"x must have input_size={self.input_size} features in its last "
-                             f"axis {self._layout()}, got shape {user_shape}")
-        if seq_len < 1 or batch < 1:
-            raise ValueError(f"x must have seq_len >= 1 and batch >= 1, got shape {user_shape}")
+        x, unbatched = _time_major(_as_float_array("x", x, self.dtype), self.input_size,
+                                   self.batch_first)
+        seq_len, batch, _ = x.shape
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths needs a batched input (seq_len, batch, input_size)")
             lengths = _check_lengths(lengths, seq_len, batch)
-        if self.training:
-            # A private copy (the backward reads x again), with the padding zeroed so
-            # that NaN or inf there cannot reach the weight gradients.
-            x = np.array(x, order="C")
-            if lengths is not None:
-                x[np.arange(seq_len)[:, None] >= lengths[None, :]] = 0
-        else:
-            x = np.ascontiguousarray(x)
+        x = _kernel_input(x, lengths, self.training)
         bias = self.bias if self.has_bias else None
         if self.impl == "reference":
             out = reference_forward(x, self.weight, bias, self.dilation, self.activation,
@@ -254,23 +231,9 @@ class TimeDelay(Module):
         if cache is None:
             raise _no_cache_error()
         out = cache["out"]
-        seq_len, batch, width = out.shape
-        if cache["unbatched"]:
-            expected = (seq_len, width)
-        elif self.batch_first:
-            expected = (batch, seq_len, width)
-        else:
-            expected = out.shape
-        grad = _as_float_array("grad_output", grad_output, self.dtype)
-        if grad.shape != expected:
-            raise ValueError(f"grad_output must have the shape of the output {expected}, "
-                             f"got {grad.shape}")
+        grad = _time_major_grad(_as_float_array("grad_output", grad_output, self.dtype),
+                                out.shape, cache["unbatched"], self.batch_first)
         self._cache = None
-        if cache["unbatched"]:
-            grad = grad[:, None, :]
-        elif self.batch_first:
-            grad = grad.transpose(1, 0, 2)
-        grad = np.ascontiguousarray(grad)
         x = cache["x"]
         if self.impl == "reference":
             grad_x, grad_w, grad_b = reference_backward(
@@ -294,11 +257,7 @@ class TimeDelay(Module):
                                     scratch=self._scratch)
             # lag order (K + 1, O, I) -> torch order (O, I, K + 1)
             self._grads["weight"] += grad_taps.transpose(1, 2, 0)[:, :, ::-1]
-        if cache["unbatched"]:
-            return grad_x[:, 0]
-        if self.batch_first:
-            return np.ascontiguousarray(grad_x.transpose(1, 0, 2))
-        return grad_x
+        return _user_layout(grad_x, cache["unbatched"], self.batch_first)
 
     def extra_repr(self):
         text = f"{self.input_size}, {self.output_size}, delays={self.delays}"

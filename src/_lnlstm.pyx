@@ -34,15 +34,11 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
+from _parallel cimport MIN_PARALLEL_WORK, block_start, step_active
 
 import numpy as np
 
 from fastrnn._lnlstm_args import check_backward_args, check_forward_args
-
-cdef enum:
-    # Below this many multiply-adds a parallel region costs more than it saves.
-    MIN_PARALLEL_WORK = 32768
-
 
 # --------------------------------------------------------------------------
 # Row functions (_lnlstm_math.h / _lnlstm_rows.h: vectorised C, see there).
@@ -84,15 +80,6 @@ cdef extern from "_lnlstm_math.h" nogil:
                              const double *a, const double *b, double *sums)
 
 
-cdef inline bint _active(const int64_t *lengths, Py_ssize_t b, Py_ssize_t t) noexcept nogil:
-    return lengths == NULL or t < lengths[b]
-
-
-cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
-    """Start of block k when n items are split into `parts` near-equal blocks."""
-    return n * k // parts
-
-
 # --------------------------------------------------------------------------
 # One step, rows [b0, b1).
 # --------------------------------------------------------------------------
@@ -126,7 +113,7 @@ cdef void _step_forward(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t H
         hr = gh + b * G if ln else NULL
         ar = act + b * G
         cr = cnorm + b * H
-        if not _active(lengths, b, t):
+        if not step_active(lengths, b, t):
             # The state passes through unchanged; the output is zero.
             memcpy(h_new + b * H, h_prev + b * H, H * sizeof(floating))
             memcpy(c_new + b * H, c_prev + b * H, H * sizeof(floating))
@@ -178,7 +165,7 @@ cdef void _step_backward(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py_ssize_t 
     """
     cdef Py_ssize_t b, G = 4 * H
     for b in range(b0, b1):
-        if not _active(lengths, b, t):
+        if not step_active(lengths, b, t):
             memset(act + b * G, 0, G * sizeof(floating))
             if ln:
                 memset(dgh + b * G, 0, G * sizeof(floating))
@@ -314,31 +301,15 @@ cdef void _column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, cons
     if rows * cols < MIN_PARALLEL_WORK or cols < 16 * n_threads:
         n_threads = 1
     for k in prange(n_threads, num_threads=n_threads, schedule="static"):
-        c0 = _block_start(cols, n_threads, k)
-        c1 = _block_start(cols, n_threads, k + 1)
+        c0 = block_start(cols, n_threads, k)
+        c1 = block_start(cols, n_threads, k + 1)
         if floating is float:
             lnl_column_sums_f32(rows, cols, c0, c1, a, b, sums)
         else:
             lnl_column_sums_f64(rows, cols, c0, c1, a, b, sums)
 
 
-cdef void _gemm_split_rows(int n_threads, bint trans_a, bint trans_b,
-                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *a,
-                           Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
-                           floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
-    """Row-major c = op(a) @ op(b) + beta * c with the m output rows split across
-    threads (each calls single-threaded BLAS on its block)."""
-    cdef Py_ssize_t part, r0, r1
-    cdef int parts = n_threads
-    if m < 16 * parts or m * n * k < MIN_PARALLEL_WORK:
-        parts = 1
-    for part in prange(parts, num_threads=parts, schedule="static"):
-        r0 = _block_start(m, parts, part)
-        r1 = _block_start(m, parts, part + 1)
-        if r1 > r0:
-            # Row block r0:r1 of op(a): rows of a, or columns of a when transposed.
-            gemm(trans_a, trans_b, r1 - r0, n, k, 1, a + (r0 if trans_a else r0 * lda),
-                 lda, b, ldb, beta, c + r0 * ldc, ldc)
+include "_gemm_split.pxi"
 
 
 cdef void _ln_backward_rows(Py_ssize_t rows, Py_ssize_t n, const floating *dy,
@@ -350,8 +321,8 @@ cdef void _ln_backward_rows(Py_ssize_t rows, Py_ssize_t n, const floating *dy,
     if rows * n < MIN_PARALLEL_WORK or rows < 4 * parts:
         parts = 1
     for part in prange(parts, num_threads=parts, schedule="static"):
-        r0 = _block_start(rows, parts, part)
-        r1 = _block_start(rows, parts, part + 1)
+        r0 = block_start(rows, parts, part)
+        r1 = block_start(rows, parts, part + 1)
         if r1 > r0:
             if floating is float:
                 lnl_norm_backward_rows_f32(r1 - r0, n, dy + r0 * n, gain, xhat + r0 * n,
@@ -396,14 +367,14 @@ cdef _forward_impl(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
         proj_threads = 1
     with nogil:
         for part in prange(proj_threads, num_threads=proj_threads, schedule="static"):
-            r0 = _block_start(rows, proj_threads, part)
-            r1 = _block_start(rows, proj_threads, part + 1)
+            r0 = block_start(rows, proj_threads, part)
+            r1 = block_start(rows, proj_threads, part + 1)
             # gx[r0:r1] = x.reshape(-1, I)[r0:r1] @ weight_ih.T
             gemm(False, True, r1 - r0, G, I, 1, &x[0, 0, 0] + r0 * I, I, &w_ih[0, 0], I,
                  0, &gx[0, 0, 0] + r0 * G, G)
         for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
-            b0 = _block_start(B, batch_threads, part)
-            b1 = _block_start(B, batch_threads, part + 1)
+            b0 = block_start(B, batch_threads, part)
+            b1 = block_start(B, batch_threads, part + 1)
             _recur_rows(b0, b1, T, B, H, reverse, training, ln, eps, &w_hh[0, 0],
                         &gx[0, 0, 0], gh_ptr, act_ptr, &bias[0], wx_ptr, wh_ptr, wc_ptr,
                         bc_ptr, &rstd[0, 0], &cnorm[0, 0, 0], mh_ptr, mc_ptr, p_h, p_c,
@@ -449,8 +420,8 @@ cdef _backward_impl(const floating[:, :, ::1] x, const floating[:, ::1] w_ih,
     cdef const floating *d_gh = dgh_ptr if ln else da
     with nogil:
         for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
-            b0 = _block_start(B, batch_threads, part)
-            b1 = _block_start(B, batch_threads, part + 1)
+            b0 = block_start(B, batch_threads, part)
+            b1 = block_start(B, batch_threads, part + 1)
             _backprop_rows(b0, b1, T, B, H, reverse, ln, &w_hh[0, 0], da, gh_ptr, dgh_ptr,
                            &rstd[0, 0], &cnorm[0, 0, 0], dyc_ptr, wh_ptr, wc_ptr, bc_ptr,
                            mh_ptr, mc_ptr, p_h, p_c, &c_seq[0, 0, 0],

@@ -85,7 +85,7 @@ static inline void SFX(lnl_norm_backward)(ptrdiff_t n, const REAL *restrict dy,
 }
 
 /* The layer-norm backward of many rows (rows of n values), in place in xd. */
-static LNL_CLONES void SFX(lnl_norm_backward_rows)(ptrdiff_t rows, ptrdiff_t n,
+static FASTRNN_CLONES void SFX(lnl_norm_backward_rows)(ptrdiff_t rows, ptrdiff_t n,
                                                   const REAL *restrict dy,
                                                   const REAL *restrict gain,
                                                   REAL *restrict xd, const REAL *restrict rstd)
@@ -97,7 +97,7 @@ static LNL_CLONES void SFX(lnl_norm_backward_rows)(ptrdiff_t rows, ptrdiff_t n,
 /* sums[c] = sum_r a[r, c] (b NULL) or sum_r a[r, c] * b[r, c] for the columns
  * c0 <= c < c1 of row-major (rows, cols) arrays; rows summed in order (the
  * result does not depend on how the columns are split across threads). */
-static LNL_CLONES void SFX(lnl_column_sums)(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t c0,
+static FASTRNN_CLONES void SFX(lnl_column_sums)(ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t c0,
                                            ptrdiff_t c1, const REAL *restrict a,
                                            const REAL *restrict b, REAL *restrict sums)
 {
@@ -138,7 +138,7 @@ static inline void SFX(lnl_zoneout)(ptrdiff_t n, const REAL *restrict mask, REAL
  * cr (H) receives the normalised cell (ln) or c~; rstd[0..2] the 1/std of the
  * x, h and c norms (ln only). h_new, c_new, out get the new state and output.
  */
-static LNL_CLONES void SFX(lnl_forward_row)(
+static FASTRNN_CLONES void SFX(lnl_forward_row)(
     ptrdiff_t H, int ln, double eps, REAL *restrict xr, REAL *restrict hr,
     REAL *restrict act, const REAL *restrict wx, const REAL *restrict wh,
     const REAL *restrict bias, const REAL *restrict wc, const REAL *restrict bc,
@@ -191,7 +191,7 @@ static LNL_CLONES void SFX(lnl_forward_row)(
  * grad_out: dL/dout_t. On return dh_prev holds the part of dL/dh_{t-1} that
  * does not go through W_hh (zoneout's m dh_t), dc_prev dL/dc_{t-1}.
  */
-static LNL_CLONES void SFX(lnl_backward_row)(
+static FASTRNN_CLONES void SFX(lnl_backward_row)(
     ptrdiff_t H, int ln, REAL *restrict act, const REAL *restrict gh, REAL *restrict dgh,
     REAL rstd_h, REAL rstd_c, const REAL *restrict cr, REAL *restrict dyc,
     const REAL *restrict wh, const REAL *restrict wc, const REAL *restrict bc,

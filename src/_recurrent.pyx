@@ -23,6 +23,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
+from _parallel cimport MIN_PARALLEL_WORK, block_start, step_active, sum_columns
 from _cells cimport (GRU, LSTM, RNN_RELU, RNN_TANH, gru_backward_row_f32, gru_backward_row_f64,
                     gru_forward_row_f32, gru_forward_row_f64, lstm_backward_row_f32,
                     lstm_backward_row_f64, lstm_forward_row_f32, lstm_forward_row_f64,
@@ -37,17 +38,11 @@ from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused
 # Rows of the chunked input projection in inference: enough for an efficient
 # GEMM, small enough that the workspace is a constant times batch x gates x hidden.
 DEF PROJECTION_ROWS = 128
-# Below this many multiply-adds a parallel region costs more than it saves.
-DEF MIN_PARALLEL_WORK = 32768
 
 
 # --------------------------------------------------------------------------
 # Elementwise step functions: rows [b0, b1) of one time step.
 # --------------------------------------------------------------------------
-
-cdef inline bint _active(const int64_t *lengths, Py_ssize_t b, Py_ssize_t t) noexcept nogil:
-    return lengths == NULL or t < lengths[b]
-
 
 cdef inline Py_ssize_t _gate_rows(int cell, Py_ssize_t H) noexcept nogil:
     return H * (4 if cell == LSTM else 3 if cell == GRU else 1)
@@ -69,7 +64,7 @@ cdef void _step_forward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, Py
     cdef Py_ssize_t b, GH = _gate_rows(cell, H)
     cdef int relu = cell == RNN_RELU
     for b in range(b0, b1):
-        if not _active(lengths, b, t):
+        if not step_active(lengths, b, t):
             # The state passes through unchanged; the output is zero.
             memcpy(h_new + b * H, h_prev + b * H, H * sizeof(floating))
             if cell == LSTM:
@@ -118,7 +113,7 @@ cdef void _step_backward(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t, P
     cdef Py_ssize_t b, GH = _gate_rows(cell, H)
     cdef int relu = cell == RNN_RELU
     for b in range(b0, b1):
-        if not _active(lengths, b, t):
+        if not step_active(lengths, b, t):
             memset(gates + b * GH, 0, GH * sizeof(floating))
             if cell == GRU:
                 memset(hn_cache + b * H, 0, H * sizeof(floating))
@@ -262,46 +257,20 @@ cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         memcpy(dh_other + b0 * H, dh + b0 * H, nb * H * sizeof(floating))
 
 
-cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
-    """Start of block k when n items are split into `parts` near-equal contiguous
-    blocks (block k is [_block_start(k), _block_start(k + 1)))."""
-    return n * k // parts
-
-
 cdef void _column_sums(Py_ssize_t rows, Py_ssize_t cols, const floating *a, Py_ssize_t lda,
                        floating *sums, int n_threads) noexcept nogil:
     """sums[c] = a[:, c].sum(0) for a (rows, cols) with row stride lda; columns
     split across threads, rows summed in order (deterministic)."""
-    cdef Py_ssize_t k, r, c, c0, c1
+    cdef Py_ssize_t k, c0, c1
     if rows * cols < MIN_PARALLEL_WORK:
         n_threads = 1
     for k in prange(n_threads, num_threads=n_threads, schedule="static"):
-        c0 = _block_start(cols, n_threads, k)
-        c1 = _block_start(cols, n_threads, k + 1)
-        for c in range(c0, c1):
-            sums[c] = 0
-        for r in range(rows):
-            for c in range(c0, c1):
-                sums[c] += a[r * lda + c]
+        c0 = block_start(cols, n_threads, k)
+        c1 = block_start(cols, n_threads, k + 1)
+        sum_columns(rows, c0, c1, a, lda, sums)
 
 
-cdef void _gemm_split_rows(int n_threads, bint trans_a, bint trans_b,
-                           Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *a,
-                           Py_ssize_t lda, const floating *b, Py_ssize_t ldb,
-                           floating beta, floating *c, Py_ssize_t ldc) noexcept nogil:
-    """Row-major c = op(a) @ op(b) + beta * c with the m output rows split across
-    threads (each calls single-threaded BLAS on its block)."""
-    cdef Py_ssize_t part, r0, r1
-    cdef int parts = n_threads
-    if m < 16 * parts or m * n * k < MIN_PARALLEL_WORK:
-        parts = 1
-    for part in prange(parts, num_threads=parts, schedule="static"):
-        r0 = _block_start(m, parts, part)
-        r1 = _block_start(m, parts, part + 1)
-        if r1 > r0:
-            # Row block r0:r1 of op(a): rows of a, or columns of a when transposed.
-            gemm(trans_a, trans_b, r1 - r0, n, k, 1, a + (r0 if trans_a else r0 * lda),
-                 lda, b, ldb, beta, c + r0 * ldc, ldc)
+include "_gemm_split.pxi"
 
 
 # --------------------------------------------------------------------------
@@ -342,14 +311,14 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
             rows = (t_hi - t_lo) * B
             proj_threads = max(1, min(n_threads, rows // 16))
             for part in prange(proj_threads, num_threads=proj_threads, schedule="static"):
-                r0 = _block_start(rows, proj_threads, part)
-                r1 = _block_start(rows, proj_threads, part + 1)
+                r0 = block_start(rows, proj_threads, part)
+                r1 = block_start(rows, proj_threads, part + 1)
                 # gates[r0:r1] = x[t_lo:t_hi].reshape(-1, I)[r0:r1] @ weight_ih.T
                 gemm(False, True, r1 - r0, GH, I, 1, &x[0, 0, 0] + (t_lo * B + r0) * I, I,
                      &weight_ih[0, 0], I, 0, &gates[0, 0, 0] + r0 * GH, GH)
             for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
-                b0 = _block_start(B, batch_threads, part)
-                b1 = _block_start(B, batch_threads, part + 1)
+                b0 = block_start(B, batch_threads, part)
+                b1 = block_start(B, batch_threads, part + 1)
                 _recur_rows(cell, b0, b1, t_lo, t_hi, reverse, training, T, B, H,
                             &weight_hh[0, 0], &gates[0, 0, 0], gates_h_ptr, hn_ptr,
                             bias_ptr, bias_hn_ptr, &h_seq[0, 0, 0], c_ptr, &out[0, 0, 0], out_ld,
@@ -378,8 +347,8 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
     cdef bint has_bias = grad_bias_ih is not None
     with nogil:
         for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
-            b0 = _block_start(B, batch_threads, part)
-            b1 = _block_start(B, batch_threads, part + 1)
+            b0 = block_start(B, batch_threads, part)
+            b1 = block_start(B, batch_threads, part + 1)
             _backprop_rows(cell, b0, b1, T, reverse, B, H, &weight_hh[0, 0], &gates[0, 0, 0],
                            hn_ptr, &h_seq[0, 0, 0], c_ptr, &grad_out[0, 0, 0], out_ld, out_col,
                            &dh[0, 0], &dh_scratch[0, 0], dc_ptr, len_ptr)

@@ -27,10 +27,11 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from _blas cimport gemm
+from _parallel cimport block_start, sum_columns
 
 import numpy as np
 
-from fastrnn._kernel_args import check_array, check_lengths
+from fastrnn._kernel_args import check_array, check_lengths, check_n_threads
 
 # Vectorised elementwise work (activation codes: fastrnn.timedelay.ACTIVATIONS).
 cdef extern from "_timedelay_math.h" nogil:
@@ -50,11 +51,6 @@ DEF MIN_PARALLEL_WORK = 65536
 # BLAS call has the same shape with 1 or N threads, so results are identical.
 DEF ROW_TILE = 256
 DEF OUT_TILE = 128
-
-
-cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
-    """Start of block k of n items split into `parts` near-equal contiguous blocks."""
-    return n * k // parts
 
 
 cdef inline bint _valid(const int64_t *lengths, Py_ssize_t r, Py_ssize_t B) noexcept nogil:
@@ -154,7 +150,7 @@ cdef void _backward_impl(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
                          const floating *grad_out, floating *g, floating *grad_x,
                          floating *grad_w, floating *grad_bias, floating *bias_sums,
                          int n_threads) noexcept nogil:
-    cdef Py_ssize_t N = T * B, tile, r0, r1, item, j, shift, o0, o1, c0, c1, c, r, part
+    cdef Py_ssize_t N = T * B, tile, r0, r1, item, j, shift, o0, o1, c0, c1, c, part
     cdef Py_ssize_t tiles = (N + ROW_TILE - 1) // ROW_TILE
     cdef Py_ssize_t o_tiles = (O + OUT_TILE - 1) // OUT_TILE
     cdef Py_ssize_t items = taps * o_tiles
@@ -187,13 +183,9 @@ cdef void _backward_impl(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
     # 4. grad_bias += g.sum(0): channels split, rows summed in order.
     if grad_bias != NULL:
         for part in prange(b_threads, num_threads=b_threads, schedule="static"):
-            c0 = _block_start(O, b_threads, part)
-            c1 = _block_start(O, b_threads, part + 1)
-            for c in range(c0, c1):
-                bias_sums[c] = 0
-            for r in range(N):
-                for c in range(c0, c1):
-                    bias_sums[c] += g[r * O + c]
+            c0 = block_start(O, b_threads, part)
+            c1 = block_start(O, b_threads, part + 1)
+            sum_columns(N, c0, c1, g, O, bias_sums)
             for c in range(c0, c1):
                 grad_bias[c] += bias_sums[c]
 
@@ -227,8 +219,7 @@ def _check_common(x, weight_taps, dilation, act, lengths, n_threads):
         raise ValueError(f"dilation must be >= 1, got {dilation}")
     if act not in (ACT_IDENTITY, ACT_TANH, ACT_RELU):
         raise ValueError(f"unknown activation code {act}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_n_threads(n_threads)
     return T, B, I, O, taps, dtype, check_lengths(lengths, B, T)
 
 
