@@ -46,6 +46,7 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
+    int fr_flush_denormals
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
     void fr_omp_barrier()
@@ -59,10 +60,25 @@ _ISA_NAMES = {v: k for k, v in ISAS.items()}
 DEF PROJECTION_ROWS = 128
 # Split the batch across threads when each gets at least this many rows;
 # below, split the hidden units.
-DEF MIN_ROWS_PER_THREAD = 4
+DEF MIN_ROWS_PER_THREAD = 8
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
+
+
+def set_flush_denormals(bint flush):
+    """Flush denormals to zero inside the float32 kernels (their own threads,
+    for the length of a call; the caller's floating-point state is kept).
+    Off by default; FASTRNN_FLUSH_DENORMALS=1 turns it on at import."""
+    global fr_flush_denormals
+    fr_flush_denormals = flush
+
+
+def get_flush_denormals():
+    return bool(fr_flush_denormals)
+
+
+set_flush_denormals(os.environ.get("FASTRNN_FLUSH_DENORMALS", "0") not in ("", "0"))
 
 
 def _fp_control_word():
