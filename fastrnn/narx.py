@@ -278,6 +278,19 @@ class NARX(Module):
             ys[t] = self._predict(feats)
         return _user_layout(ys[T_h:], unbatched, self.batch_first)
 
+    def get_config(self):
+        """Constructor arguments rebuilding this model (``fastrnn.io.save``); the
+        weights (``net.*``) are in ``state_dict()``; ``seed`` is not kept."""
+        return {"input_size": self.input_size, "output_size": self.output_size,
+                "input_delays": self.input_delays, "output_delays": self.output_delays,
+                "hidden_size": list(self.hidden_sizes), "activation": self.activation,
+                "batch_first": self.batch_first, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config):
+        """A fresh model (random weights) from ``get_config()``."""
+        return cls(**config)
+
     def extra_repr(self):
         return (f"input_size={self.input_size}, output_size={self.output_size}, "
                 f"input_delays={self.input_delays}, output_delays={self.output_delays}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .layers import LSTM
 from .nn import (Embedding, Linear, Module, _child_seeds, _is_module, _no_cache_error,
-                 _returns_state, make_recurrent)
+                 _returns_state, make_recurrent, module_config, module_from_config)
 
 __all__ = ["Seq2Seq"]
 
@@ -245,6 +245,23 @@ class Seq2Seq(Module):
         if unbatched:
             return tokens[:, 0]
         return np.ascontiguousarray(tokens.T) if self.batch_first else tokens
+
+    _CHILDREN = ("encoder_embed", "encoder", "decoder_embed", "decoder", "head")
+
+    def get_config(self):
+        """The children as ``module_config`` specs and the special token ids
+        (``fastrnn.io.save``); the weights are in ``state_dict()``."""
+        config = {name: module_config(getattr(self, name)) for name in self._CHILDREN}
+        config.update(bos_idx=self.bos_idx, eos_idx=self.eos_idx, pad_idx=self.pad_idx)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """A fresh model (random weights) from ``get_config()``."""
+        config = dict(config)
+        for name in cls._CHILDREN:
+            config[name] = module_from_config(config[name])
+        return cls(**config)
 
     def extra_repr(self):
         return f"bos_idx={self.bos_idx}, eos_idx={self.eos_idx}, pad_idx={self.pad_idx}"

@@ -259,6 +259,19 @@ class TimeDelay(Module):
             self._grads["weight"] += grad_taps.transpose(1, 2, 0)[:, :, ::-1]
         return _user_layout(grad_x, cache["unbatched"], self.batch_first)
 
+    def get_config(self):
+        """Constructor arguments rebuilding this layer (``fastrnn.io.save``); the
+        weights are in ``state_dict()``; ``seed`` and ``n_threads`` are not kept."""
+        return {"input_size": self.input_size, "output_size": self.output_size,
+                "delays": self.delays, "dilation": self.dilation,
+                "activation": self.activation, "bias": self.has_bias,
+                "batch_first": self.batch_first, "dtype": self.dtype.name, "impl": self.impl}
+
+    @classmethod
+    def from_config(cls, config):
+        """A fresh layer (random weights) from ``get_config()``."""
+        return cls(**config)
+
     def extra_repr(self):
         text = f"{self.input_size}, {self.output_size}, delays={self.delays}"
         if self.dilation != 1:

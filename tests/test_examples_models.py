@@ -1,5 +1,6 @@
-"""Smoke tests of examples/forecast.py and examples/seq2seq_reverse.py: each main()
-runs end to end with tiny settings (the full runs assert their stated targets)."""
+"""Smoke tests of examples/forecast.py, examples/seq2seq_reverse.py and
+examples/classify.py: each main() runs end to end with tiny settings (the full
+runs assert their stated targets)."""
 import importlib.util
 import math
 import pathlib
@@ -36,3 +37,18 @@ def test_seq2seq_example_runs():
     results = example.main(min_len=2, max_len=4, hidden=12, embedding_dim=4, steps=12,
                            batch=8, n_test=16, eval_every=6, check=False, log=False)
     assert 0.0 <= results["test_accuracy"] <= 1.0 and results["steps"] == 12
+
+
+def test_classify_example_runs():
+    example = _load("classify")
+    signals, labels = example.make_dataset(10, min_len=5, max_len=9, seed=3)
+    assert len(signals) == 10 and labels.shape == (10,)
+    assert all(s.shape[1:] == (1,) and 5 <= s.shape[0] <= 9 for s in signals)
+    assert set(labels.tolist()) == set(range(len(example.CLASSES)))   # balanced: 2 each
+    # the two sawtooths hold the same values in opposite order
+    phase = np.linspace(0, 0.99, 20)
+    np.testing.assert_allclose(example.waveform(3, phase), -example.waveform(4, phase))
+    results = example.main(n_train=60, n_val=20, n_test=20, min_len=5, max_len=12, hidden=6,
+                           epochs=2, batch=16, check=False, log=False)
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["epochs"] == 2
+    assert set(results["per_class"]) == set(example.CLASSES)
