@@ -559,11 +559,14 @@ class _RNNBase(_RecurrentBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype="float32", seed=None,
-                 nonlinearity=None, impl="cython", n_threads=None):
+                 nonlinearity=None, impl="cython", n_threads=None, recurrent_dropout=0.0):
         self._init_sizes(input_size, hidden_size, num_layers, bias, batch_first, bidirectional)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
+        if not 0.0 <= float(recurrent_dropout) < 1.0:
+            raise ValueError(f"recurrent_dropout must be in [0, 1), got {recurrent_dropout!r}")
+        self.recurrent_dropout = float(recurrent_dropout)
         self._packed = {}
         self._steppers = {}
         self._workspaces = {}
@@ -675,12 +678,19 @@ class _RNNBase(_RecurrentBase):
         bias_ih, bias_hh = params[2:] if self.bias else (None, None)
         args = (self._cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
                 bool(direction), training, out, direction * self.hidden_size, n_threads)
+        # Variational (recurrent) dropout: one mask per sequence and hidden unit,
+        # shared by every time step, on the state entering the recurrent product.
+        mask = None
+        if training and self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            mask = ((self._rng.random(h0.shape) < keep) / keep).astype(self.dtype)
         if kernels is not _packed:
-            return kernels.forward(*args)
+            return kernels.forward(*args, recurrent_mask=mask)
         # Inference reuses weights packed once; training packs per call (the
         # weights change between steps).
         packed = None if training else self._packed_weights(index, names)
-        return kernels.forward(*args, packed=packed, workspace=self._workspace(index, training))
+        return kernels.forward(*args, packed=packed, workspace=self._workspace(index, training),
+                               recurrent_mask=mask)
 
     def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
                             grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
@@ -702,7 +712,10 @@ _COMMON_ARGS = """
     bidirectional=False. Also: dtype ("float32" or "float64"), seed (for the
     initialisation and dropout), impl ("cython" kernels or the NumPy
     "reference"), n_threads (None: the global default, see
-    fastrnn.set_num_threads).
+    fastrnn.set_num_threads), recurrent_dropout=0.0 (variational dropout on the
+    recurrent connection, training only: each sequence draws one mask per layer,
+    direction and hidden unit, shared by all its time steps, applied to h_{t-1}
+    where it enters h_{t-1} W_hh^T; inverted scaling).
 """
 
 
@@ -714,9 +727,10 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype="float32",
-                 seed=None, impl="cython", n_threads=None):
+                 seed=None, impl="cython", n_threads=None, recurrent_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, nonlinearity, impl, n_threads)
+                         bidirectional, dtype, seed, nonlinearity, impl, n_threads,
+                         recurrent_dropout)
 
 
 class LSTM(_RNNBase):
@@ -727,9 +741,9 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype="float32", seed=None, impl="cython",
-                 n_threads=None):
+                 n_threads=None, recurrent_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, None, impl, n_threads)
+                         bidirectional, dtype, seed, None, impl, n_threads, recurrent_dropout)
 
 
 class GRU(_RNNBase):
@@ -740,6 +754,6 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype="float32", seed=None, impl="cython",
-                 n_threads=None):
+                 n_threads=None, recurrent_dropout=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype, seed, None, impl, n_threads)
+                         bidirectional, dtype, seed, None, impl, n_threads, recurrent_dropout)

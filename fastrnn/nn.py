@@ -1041,7 +1041,7 @@ def _recurrent_config(layer):
               "num_layers": layer.num_layers, "bias": layer.bias,
               "batch_first": layer.batch_first, "dropout": layer.dropout,
               "bidirectional": layer.bidirectional, "dtype": layer.dtype.name,
-              "impl": layer.impl}
+              "impl": layer.impl, "recurrent_dropout": layer.recurrent_dropout}
     if isinstance(layer, RNN):
         config["nonlinearity"] = layer.nonlinearity
     return config

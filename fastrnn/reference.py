@@ -191,8 +191,14 @@ def _gru_step(gi, gh, h_prev):
 # ---------------------------------------------------------------------------
 
 def forward(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
-            reverse, training, out, out_col, n_threads):
-    """Run one layer, one direction.  See the module docstring for the contract."""
+            reverse, training, out, out_col, n_threads, recurrent_mask=None):
+    """Run one layer, one direction.  See the module docstring for the contract.
+
+    ``recurrent_mask`` (B, H) or None: variational (recurrent) dropout, training
+    only: the state entering the recurrent product is ``h * recurrent_mask`` at
+    every step (one mask per sequence, shared over time); the GRU's ``z * h``
+    term uses the unmasked state.
+    """
     G = gate_count(cell)
     T, B, H = seq_len(x), batch_size(x), hidden_size(weight_hh)
     dtype = x.dtype
@@ -203,6 +209,8 @@ def forward(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
         raise ValueError("LSTM needs c0")
     mask = active_mask(lengths, T, B)
     cols = slice(out_col, out_col + H)
+    if recurrent_mask is not None and not training:
+        raise ValueError("recurrent_mask is for training (dropout is off in inference)")
 
     h = np.array(h0, dtype=dtype, copy=True)
     c = np.array(c0, dtype=dtype, copy=True) if is_lstm else None
@@ -215,12 +223,13 @@ def forward(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
             cache["c"] = np.zeros((T, B, H), dtype)
         if cell == CELL_GRU:
             cache["hn"] = np.zeros((T, B, H), dtype)
+        cache["recurrent_mask"] = recurrent_mask
     else:
         cache = None
 
     for t in time_steps(T, reverse):
         gi = x[t] @ weight_ih.T
-        gh = h @ weight_hh.T
+        gh = (h if recurrent_mask is None else h * recurrent_mask) @ weight_hh.T
         if bias_ih is not None:
             gi = gi + bias_ih
             gh = gh + bias_hh
@@ -313,6 +322,7 @@ def backward(cell, cache, x, weight_ih, weight_hh, lengths, reverse, grad_out,
     is_lstm = cell == CELL_LSTM
     mask = active_mask(lengths, T, B)
     cols = slice(out_col, out_col + H)
+    recurrent_mask = cache.get("recurrent_mask")
 
     dh = np.zeros((B, H), dtype) if grad_h_n is None else np.array(grad_h_n, dtype=dtype)
     dc = None
@@ -345,12 +355,13 @@ def backward(cell, cache, x, weight_ih, weight_hh, lengths, reverse, grad_out,
 
         grad_x[t] += dgi @ weight_ih
         grad_weight_ih += dgi.T @ x[t]
-        grad_weight_hh += dgh.T @ h_prev
+        grad_weight_hh += dgh.T @ (h_prev if recurrent_mask is None else h_prev * recurrent_mask)
         if grad_bias_ih is not None:
             grad_bias_ih += dgi.sum(axis=0)
             grad_bias_hh += dgh.sum(axis=0)
 
-        dh_prev = dgh @ weight_hh + dh_direct
+        dh_rec = dgh @ weight_hh
+        dh_prev = (dh_rec if recurrent_mask is None else dh_rec * recurrent_mask) + dh_direct
         dh = np.where(m, dh_prev, dh)
         if is_lstm:
             dc = np.where(m, dc_prev, dc)

@@ -206,6 +206,10 @@ cdef struct Job:
     float *c
     float *out
     const int64_t *lengths
+    # Variational (recurrent) dropout, training only (else NULL): the recurrent
+    # product reads hm = h * recurrent_mask, kept like h (T+1, B, H).
+    float *hm
+    const float *recurrent_mask
 
 
 cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
@@ -269,6 +273,16 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
                                     h_new + b * H + u0, out_row + u0)
 
 
+cdef void _mask_state(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k0,
+                      Py_ssize_t k1, const float *h_new, float *hm_new) noexcept nogil:
+    """hm_new = h_new * recurrent_mask on rows [r0, r1), units of blocks [k0, k1)."""
+    cdef Py_ssize_t b, j, H = job.hidden_size
+    cdef Py_ssize_t u0 = k0 * job.U, u1 = min(H, k1 * job.U)
+    for b in range(r0, r1):
+        for j in range(u0, u1):
+            hm_new[b * H + j] = h_new[b * H + j] * job.recurrent_mask[b * H + j]
+
+
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef unsigned int fp_state = fr_ftz_enter()
@@ -284,6 +298,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef Py_ssize_t gts = job.gates_tile_stride, nt = job.tiles
     cdef float *h_prev
     cdef float *h_new
+    cdef float *h_rec
     cdef float *c_prev = NULL
     cdef float *c_new = NULL
     cdef bint busy
@@ -342,18 +357,25 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                     c_new = job.c + (1 - parity) * B * H
             step += 1
             if busy:
+                # The recurrent product's input: h, or h * mask under recurrent dropout.
+                h_rec = h_prev
+                if job.hm != NULL:
+                    h_rec = job.hm + (t + 1 if job.reverse else t) * B * H
                 if job.cell == GRU:
-                    # gates_h[own rows, own blocks] = h_prev[own rows] @ weight_hh[own units].T
-                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
+                    # gates_h[own rows, own blocks] = h_rec[own rows] @ weight_hh[own units].T
+                    _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates_h + r0 * tc + k0 * bc, tc, TILE,
                           (k1 - k0) * bc, 0)
                 else:
-                    # gates[t, own rows, own blocks] += h_prev[own rows] @ weight_hh[own units].T
-                    _gemm(r1 - r0, H, h_prev + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
+                    # gates[t, own rows, own blocks] += h_rec[own rows] @ weight_hh[own units].T
+                    _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld,
                           gld, gts, (k1 - k0) * bc, 1)
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
+                if job.hm != NULL:
+                    _mask_state(job, r0, r1, k0, k1, h_new,
+                                job.hm + (t if job.reverse else t + 1) * B * H)
             if job.split_hidden and n_threads > 1:
                 # Every thread reads all of h_new in the next step.
                 fr_omp_barrier()
@@ -382,7 +404,7 @@ cdef void _launch(Job *job, int n_threads) noexcept nogil:
 
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
             bint reverse, bint training, out, Py_ssize_t out_col, int n_threads, packed=None,
-            workspace=None):
+            workspace=None, recurrent_mask=None):
     """One layer, one direction, float32; see fastrnn.reference.forward.
 
     The training cache holds the gate activations block-major, which is the
@@ -423,6 +445,17 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     gates_h = _buffer(workspace, "gates_h", (B, total_cols)) if cell == GRU else None
     h = _buffer(workspace, "h", (states, B, H))
     h[first] = h0
+    hm = None
+    if recurrent_mask is not None:
+        # Variational dropout: h * mask feeds the recurrent product (see Job).
+        if not training:
+            raise ValueError("recurrent_mask is for training (dropout is off in inference)")
+        recurrent_mask = np.ascontiguousarray(recurrent_mask, dtype=np.float32)
+        if recurrent_mask.shape != (B, H):
+            raise ValueError(f"recurrent_mask must have shape ({B}, {H}), got "
+                             f"{recurrent_mask.shape}")
+        hm = _buffer(workspace, "hm", (states, B, H))
+        hm[first] = h[first] * recurrent_mask
     c = None
     if cell == LSTM:
         c = _buffer(workspace, "c", (states, B, H))
@@ -450,6 +483,9 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     job.c = <float *>cnp.PyArray_DATA(c) if c is not None else NULL
     job.out = <float *>cnp.PyArray_DATA(out)
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
+    job.hm = <float *>cnp.PyArray_DATA(hm) if hm is not None else NULL
+    job.recurrent_mask = (<const float *>cnp.PyArray_DATA(recurrent_mask)
+                          if hm is not None else NULL)
     with nogil:
         _launch(&job, n_threads)
     h_n = h[last].copy()
@@ -457,7 +493,8 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     if not training:
         return h_n, c_n, None
     return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
-                      "hn": hn_cache, "h_seq": h, "c_seq": c, "consumed": False}
+                      "hn": hn_cache, "h_seq": h, "c_seq": c, "hm_seq": hm,
+                      "recurrent_mask": recurrent_mask, "consumed": False}
 
 
 cdef class Stepper:
@@ -507,6 +544,8 @@ cdef class Stepper:
         job.c = <float *>cnp.PyArray_DATA(self.c) if self.c is not None else NULL
         job.out = job.h + batch * H
         job.lengths = NULL
+        job.hm = NULL
+        job.recurrent_mask = NULL
 
     def step(self, cnp.ndarray x, cnp.ndarray h, c, cnp.ndarray h_out, c_out):
         """x (batch, input_size), h/h_out (batch, hidden), c/c_out likewise for
@@ -605,6 +644,8 @@ cdef struct BackJob:
     float *dh_other
     float *dc
     const int64_t *lengths
+    const float *recurrent_mask   # (B, H) or NULL
+    float *dh_rec                 # (B, H) scratch when recurrent_mask is set
 
 
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
@@ -677,11 +718,18 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
                     memcpy(dgh + gs, g + gs, U * sizeof(float))
                     memcpy(dgh + 2 * gs, hn, n * sizeof(float))
                     memset(dgh + 2 * gs + n, 0, (U - n) * sizeof(float))
-        # dh_prev[r0:r1] += dgates_h[t, r0:r1] @ weight_hh (gate rows in packed order)
-        _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
-              TB * TILE,
-              job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
-              dh_other + r0 * H, H, GRAD_BLOCK, H, 1)
+        if job.recurrent_mask == NULL:
+            # dh_prev[r0:r1] += dgates_h[t, r0:r1] @ weight_hh (gate rows in packed order)
+            _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
+                  TB * TILE, job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
+                  dh_other + r0 * H, H, GRAD_BLOCK, H, 1)
+        else:
+            # dh_prev[r0:r1] += (dgates_h[t, r0:r1] @ weight_hh) * recurrent_mask[r0:r1]
+            _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
+                  TB * TILE, job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
+                  job.dh_rec + r0 * H, H, GRAD_BLOCK, H, 0)
+            for row in range(r0 * H, r1 * H):
+                dh_other[row] += job.dh_rec[row] * job.recurrent_mask[row]
         tmp = dh
         dh = dh_other
         dh_other = tmp
@@ -776,6 +824,14 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     job.dh_other = _ptr(dh_other)
     job.dc = _ptr(dc) if dc is not None else NULL
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
+    recurrent_mask = cache["recurrent_mask"]
+    dh_rec = None
+    job.recurrent_mask = NULL
+    job.dh_rec = NULL
+    if recurrent_mask is not None:
+        dh_rec = np.empty_like(dh)
+        job.recurrent_mask = <const float *>cnp.PyArray_DATA(recurrent_mask)
+        job.dh_rec = _ptr(dh_rec)
 
     # The sequential part: rows split across threads (each runs every step).
     parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
@@ -807,7 +863,9 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
     parts = max(1, min(n_threads, n_blocks))
     # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed.
-    cdef const float *p_h_before = _ptr(h_seq) + (B * H if reverse else 0)
+    # Under recurrent dropout the product read h * mask: its weight gradient too.
+    rec_seq = h_seq if cache["hm_seq"] is None else cache["hm_seq"]
+    cdef const float *p_h_before = _ptr(rec_seq) + (B * H if reverse else 0)
     cdef const float *p_x = _ptr(x)
     with nogil:
         # x.T and h_before.T: row-major with the steps as the inner dimension.

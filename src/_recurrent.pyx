@@ -153,8 +153,12 @@ cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, P
                       const floating *weight_hh, floating *gates_x, floating *gates_h,
                       floating *hn_cache, const floating *bias, const floating *bias_hn,
                       floating *h_seq, floating *c_seq, floating *out, Py_ssize_t out_ld,
-                      Py_ssize_t out_col, const int64_t *lengths) noexcept nogil:
+                      Py_ssize_t out_col, const int64_t *lengths, floating *hm_seq,
+                      const floating *recurrent_mask) noexcept nogil:
     """Steps t_lo..t_hi-1 (in processing order) for rows [b0, b1).
+
+    Recurrent dropout (training; else NULL): the recurrent product reads
+    hm_seq (T+1, B, H) = h_seq * recurrent_mask, written here after each step.
 
     gates_x holds the projected inputs of steps t_lo..t_hi-1, (t - t_lo, B, G*H).
     Training: h_seq/c_seq are (T+1, B, H) and the state before step t is at
@@ -167,8 +171,10 @@ cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, P
     cdef floating *hn_t = NULL
     cdef floating *h_prev
     cdef floating *h_new
+    cdef floating *h_rec
     cdef floating *c_prev = NULL
     cdef floating *c_new = NULL
+    cdef Py_ssize_t i
     GH = _gate_rows(cell, H)
     if nb <= 0:
         return
@@ -190,17 +196,23 @@ cdef void _recur_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t t_lo, P
             if cell == LSTM:
                 c_prev = c_seq + k * B * H
                 c_new = c_seq + (1 - k) * B * H
+        # The recurrent product's input: h, or h * mask under recurrent dropout.
+        h_rec = h_prev if hm_seq == NULL else hm_seq + (t + 1 if reverse else t) * B * H
         if cell == GRU:
-            # gates_h[b0:b1] = h_prev[b0:b1] @ weight_hh.T
-            gemm(False, True, nb, GH, H, 1, h_prev + b0 * H, H, weight_hh, H,
+            # gates_h[b0:b1] = h_rec[b0:b1] @ weight_hh.T
+            gemm(False, True, nb, GH, H, 1, h_rec + b0 * H, H, weight_hh, H,
                  0, gates_h + b0 * GH, GH)
         else:
-            # gates[t, b0:b1] += h_prev[b0:b1] @ weight_hh.T
-            gemm(False, True, nb, GH, H, 1, h_prev + b0 * H, H, weight_hh, H,
+            # gates[t, b0:b1] += h_rec[b0:b1] @ weight_hh.T
+            gemm(False, True, nb, GH, H, 1, h_rec + b0 * H, H, weight_hh, H,
                  1, step_gates + b0 * GH, GH)
         _step_forward(cell, b0, b1, t, H, step_gates, gates_h, hn_t, bias, bias_hn,
                       h_prev, h_new, c_prev, c_new, out + t * B * out_ld + out_col, out_ld,
                       lengths)
+        if hm_seq != NULL:
+            h_rec = hm_seq + (t if reverse else t + 1) * B * H
+            for i in range(b0 * H, b1 * H):
+                h_rec[i] = h_new[i] * recurrent_mask[i]
 
 
 cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
@@ -209,14 +221,19 @@ cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
                          const floating *h_seq, const floating *c_seq,
                          const floating *grad_out, Py_ssize_t out_ld, Py_ssize_t out_col,
                          floating *dh, floating *dh_other, floating *dc,
-                         const int64_t *lengths) noexcept nogil:
+                         const int64_t *lengths, const floating *recurrent_mask,
+                         floating *dh_rec) noexcept nogil:
     """BPTT for rows [b0, b1): steps in the opposite of processing order.
+
+    With recurrent dropout (recurrent_mask not NULL) the part of dh_prev that
+    comes through weight_hh is computed in dh_rec and multiplied by the mask.
 
     On entry dh/dc hold dL/dh_n, dL/dc_n; on return dh holds dL/dh0 and dc
     dL/dc0 (dh_other is scratch of the same shape).
     """
-    cdef Py_ssize_t s, t, nb = b1 - b0, GH, i_prev, i_new
+    cdef Py_ssize_t s, t, nb = b1 - b0, GH, i_prev, i_new, i
     cdef floating *tmp
+    cdef floating *acc
     cdef floating *step_gates
     cdef floating *hn_t = NULL
     cdef const floating *c_prev = NULL
@@ -237,17 +254,24 @@ cdef void _backprop_rows(int cell, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T,
         _step_backward(cell, b0, b1, t, H, step_gates, hn_t,
                        h_seq + i_prev * B * H, h_seq + i_new * B * H, c_prev, c_new,
                        grad_out + t * B * out_ld + out_col, out_ld, dh, dh_other, dc, lengths)
+        # The recurrent part accumulates straight into dh_prev, or into dh_rec
+        # to be masked first.
+        acc = dh_other if recurrent_mask == NULL else dh_rec
         if cell == GRU:
-            # dh_prev[b0:b1] += d(r, z)[t, b0:b1] @ weight_hh[:2H]
+            # acc[b0:b1] (+)= d(r, z)[t, b0:b1] @ weight_hh[:2H]
             gemm(False, False, nb, H, 2 * H, 1, step_gates + b0 * GH, GH, weight_hh, H,
-                 1, dh_other + b0 * H, H)
-            # dh_prev[b0:b1] += d(hn)[t, b0:b1] @ weight_hh[2H:]
+                 1 if recurrent_mask == NULL else 0, acc + b0 * H, H)
+            # acc[b0:b1] += d(hn)[t, b0:b1] @ weight_hh[2H:]
             gemm(False, False, nb, H, H, 1, hn_t + b0 * H, H, weight_hh + 2 * H * H, H,
-                 1, dh_other + b0 * H, H)
+                 1, acc + b0 * H, H)
         else:
-            # dh_prev[b0:b1] += dgates[t, b0:b1] @ weight_hh
+            # acc[b0:b1] (+)= dgates[t, b0:b1] @ weight_hh
             gemm(False, False, nb, H, GH, 1, step_gates + b0 * GH, GH, weight_hh, H,
-                 1, dh_other + b0 * H, H)
+                 1 if recurrent_mask == NULL else 0, acc + b0 * H, H)
+        if recurrent_mask != NULL:
+            # dh_prev[b0:b1] += dh_rec[b0:b1] * recurrent_mask[b0:b1]
+            for i in range(b0 * H, b1 * H):
+                dh_other[i] += dh_rec[i] * recurrent_mask[i]
         tmp = dh
         dh = dh_other
         dh_other = tmp
@@ -283,7 +307,8 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
                    floating[:, :, ::1] c_seq, floating[:, :, ::1] gates,
                    floating[:, ::1] gates_h, floating[:, :, ::1] hn_cache,
                    const int64_t[::1] lengths, bint reverse, bint training,
-                   floating[:, :, ::1] out, Py_ssize_t out_col, int n_threads):
+                   floating[:, :, ::1] out, Py_ssize_t out_col, int n_threads,
+                   floating[:, :, ::1] hm_seq, const floating[:, ::1] recurrent_mask):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], GH = weight_hh.shape[0]
     cdef Py_ssize_t out_ld = out.shape[2]
@@ -295,6 +320,9 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
     cdef floating *gates_h_ptr = &gates_h[0, 0] if gates_h is not None else NULL
     cdef floating *hn_ptr = &hn_cache[0, 0, 0] if hn_cache is not None else NULL
     cdef floating *c_ptr = &c_seq[0, 0, 0] if c_seq is not None else NULL
+    cdef floating *hm_ptr = &hm_seq[0, 0, 0] if hm_seq is not None else NULL
+    cdef const floating *mask_ptr = (&recurrent_mask[0, 0] if recurrent_mask is not None
+                                     else NULL)
     n_chunks = (T + chunk - 1) // chunk
     # Split the batch only when each thread gets a few rows: below that the
     # recurrent GEMM is too small to share.
@@ -322,7 +350,7 @@ cdef _forward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1]
                 _recur_rows(cell, b0, b1, t_lo, t_hi, reverse, training, T, B, H,
                             &weight_hh[0, 0], &gates[0, 0, 0], gates_h_ptr, hn_ptr,
                             bias_ptr, bias_hn_ptr, &h_seq[0, 0, 0], c_ptr, &out[0, 0, 0], out_ld,
-                            out_col, len_ptr)
+                            out_col, len_ptr, hm_ptr, mask_ptr)
 
 
 cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
@@ -333,7 +361,9 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
                     floating[:, ::1] dh, floating[:, ::1] dh_scratch, floating[:, ::1] dc,
                     floating[:, :, ::1] grad_x, floating[:, ::1] grad_weight_ih,
                     floating[:, ::1] grad_weight_hh, floating[::1] grad_bias_ih,
-                    floating[::1] grad_bias_hh, floating[::1] bias_sums, int n_threads):
+                    floating[::1] grad_bias_hh, floating[::1] bias_sums, int n_threads,
+                    const floating[:, :, ::1] hm_seq, const floating[:, ::1] recurrent_mask,
+                    floating[:, ::1] dh_rec):
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = weight_hh.shape[1], GH = weight_hh.shape[0]
     cdef Py_ssize_t TB = T * B, out_ld = grad_out.shape[2], part, b0, b1, k
@@ -342,8 +372,13 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
     cdef floating *hn_ptr = &hn_cache[0, 0, 0] if hn_cache is not None else NULL
     cdef const floating *c_ptr = &c_seq[0, 0, 0] if c_seq is not None else NULL
     cdef floating *dc_ptr = &dc[0, 0] if dc is not None else NULL
-    # The state before each step, (T, B, H): h_seq[:T] forward, h_seq[1:] reversed.
-    cdef const floating *h_before = &h_seq[0, 0, 0] + (B * H if reverse else 0)
+    # The recurrent product's input before each step, (T, B, H): h_seq[:T] forward,
+    # h_seq[1:] reversed (hm_seq = h_seq * mask under recurrent dropout).
+    cdef const floating *h_before = (&h_seq[0, 0, 0] if hm_seq is None else &hm_seq[0, 0, 0]) \
+        + (B * H if reverse else 0)
+    cdef const floating *mask_ptr = (&recurrent_mask[0, 0] if recurrent_mask is not None
+                                     else NULL)
+    cdef floating *dh_rec_ptr = &dh_rec[0, 0] if dh_rec is not None else NULL
     cdef bint has_bias = grad_bias_ih is not None
     with nogil:
         for part in prange(batch_threads, num_threads=batch_threads, schedule="static"):
@@ -351,7 +386,7 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
             b1 = block_start(B, batch_threads, part + 1)
             _backprop_rows(cell, b0, b1, T, reverse, B, H, &weight_hh[0, 0], &gates[0, 0, 0],
                            hn_ptr, &h_seq[0, 0, 0], c_ptr, &grad_out[0, 0, 0], out_ld, out_col,
-                           &dh[0, 0], &dh_scratch[0, 0], dc_ptr, len_ptr)
+                           &dh[0, 0], &dh_scratch[0, 0], dc_ptr, len_ptr, mask_ptr, dh_rec_ptr)
         # gates now holds the input-side pre-activation gradients dgates (T*B, G*H).
         # grad_x += dgates @ weight_ih
         _gemm_split_rows(n_threads, False, False, TB, I, GH, &gates[0, 0, 0], GH,
@@ -389,8 +424,10 @@ cdef _backward_impl(int cell, const floating[:, :, ::1] x, const floating[:, ::1
 # --------------------------------------------------------------------------
 
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
-            bint reverse, bint training, out, Py_ssize_t out_col, int n_threads):
-    """One layer, one direction; see fastrnn.reference.forward for the contract."""
+            bint reverse, bint training, out, Py_ssize_t out_col, int n_threads,
+            recurrent_mask=None):
+    """One layer, one direction; see fastrnn.reference.forward for the contract
+    (``recurrent_mask``: variational recurrent dropout, training only)."""
     cdef Py_ssize_t G = gate_count(cell), T, B, I, H
     T, B, I, H, lengths = check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh,
                                              h0, c0, lengths, out, out_col, n_threads)
@@ -414,21 +451,32 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
             hn_cache = np.empty((T, B, H), dtype)
     chunk = T if training else min(T, max(1, PROJECTION_ROWS // B))
     gates = np.empty((chunk, B, G * H), dtype)
+    hm_seq = None
+    if recurrent_mask is not None:
+        if not training:
+            raise ValueError("recurrent_mask is for training (dropout is off in inference)")
+        recurrent_mask = np.ascontiguousarray(recurrent_mask, dtype=dtype)
+        if recurrent_mask.shape != (B, H):
+            raise ValueError(f"recurrent_mask must have shape ({B}, {H}), got "
+                             f"{recurrent_mask.shape}")
+        hm_seq = np.empty_like(h_seq)
+        hm_seq[first] = h_seq[first] * recurrent_mask
 
     if dtype == np.float32:
         _forward_impl[float](cell, x, weight_ih, weight_hh, bias, bias_hn, h_seq, c_seq, gates,
                              gates_h, hn_cache, lengths, reverse, training, out, out_col,
-                             n_threads)
+                             n_threads, hm_seq, recurrent_mask)
     else:
         _forward_impl[double](cell, x, weight_ih, weight_hh, bias, bias_hn, h_seq, c_seq, gates,
                               gates_h, hn_cache, lengths, reverse, training, out, out_col,
-                              n_threads)
+                              n_threads, hm_seq, recurrent_mask)
     h_n = h_seq[last].copy()
     c_n = c_seq[last].copy() if cell == LSTM else None
     if not training:
         return h_n, c_n, None
     return h_n, c_n, {"cell": cell, "gates": gates, "h_seq": h_seq, "c_seq": c_seq,
-                      "hn": hn_cache, "reverse": reverse, "consumed": False}
+                      "hn": hn_cache, "reverse": reverse, "hm_seq": hm_seq,
+                      "recurrent_mask": recurrent_mask, "consumed": False}
 
 
 def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
@@ -454,15 +502,18 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         n_threads)
     dh_scratch = np.empty((B, H), dtype)
     bias_sums = np.empty(G * H, dtype) if grad_bias_ih is not None else None
+    dh_rec = np.empty((B, H), dtype) if cache["recurrent_mask"] is not None else None
     cache["consumed"] = True
     if dtype == np.float32:
         _backward_impl[float](cell, x, weight_ih, weight_hh, gates, cache["hn"],
                               cache["h_seq"], cache["c_seq"], lengths, reverse, grad_out,
                               out_col, dh, dh_scratch, dc, grad_x, grad_weight_ih,
-                              grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads)
+                              grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads,
+                              cache["hm_seq"], cache["recurrent_mask"], dh_rec)
     else:
         _backward_impl[double](cell, x, weight_ih, weight_hh, gates, cache["hn"],
                                cache["h_seq"], cache["c_seq"], lengths, reverse, grad_out,
                                out_col, dh, dh_scratch, dc, grad_x, grad_weight_ih,
-                               grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads)
+                               grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads,
+                              cache["hm_seq"], cache["recurrent_mask"], dh_rec)
     return dh, dc
