@@ -615,7 +615,8 @@ class _RNNBase(_RecurrentBase):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: the reverse direction "
                              "needs the whole sequence")
-        x = _as_float_array("x", x, self.dtype)
+        if type(x) is not np.ndarray or x.dtype != self.dtype:
+            x = _as_float_array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must be (batch, {self.input_size}) or ({self.input_size},), "
                              f"got shape {x.shape}")

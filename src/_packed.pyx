@@ -588,13 +588,9 @@ def step_layers(list steppers, x, h, c):
     first = steppers[0]
     B, H = first.batch, first.job.hidden_size
     _check_step_array("x", x, B, first.job.input_size)
-    for name, state in (("h", h), ("c", c)):
-        if state is None and name == "c" and first.c is None:
-            continue
-        if (not isinstance(state, np.ndarray) or state.dtype != np.float32
-                or state.shape != (layers, B, H) or not state.flags.c_contiguous):
-            raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
-                             f"{(layers, B, H)}")
+    _check_state_array("h", h, layers, B, H)
+    if first.c is not None:
+        _check_state_array("c", c, layers, B, H)
     h_n = np.empty((layers, B, H), np.float32)
     c_n = np.empty((layers, B, H), np.float32) if first.c is not None else None
     cdef float *ph = <float *>cnp.PyArray_DATA(h)
@@ -611,6 +607,19 @@ def step_layers(list steppers, x, h, c):
                      ph_n + l * B * H, pc_n + l * B * H if pc_n != NULL else NULL)
         layer_input = ph_n + l * B * H
     return h_n[layers - 1].copy(), h_n, c_n
+
+
+cdef inline _check_state_array(str name, a, Py_ssize_t layers, Py_ssize_t rows,
+                               Py_ssize_t cols):
+    cdef cnp.ndarray arr
+    if isinstance(a, np.ndarray):
+        arr = a
+        if (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 3
+                and arr.shape[0] == layers and arr.shape[1] == rows and arr.shape[2] == cols
+                and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            return
+    raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
+                     f"{(layers, rows, cols)}")
 
 
 cdef inline _check_step_array(str name, cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols):
