@@ -1,9 +1,11 @@
 # cython: language_level=3
-"""float32 inference on weights packed once per layer (see _packed_gemm.h).
+"""float32 forward, BPTT backward and streaming steps on weights packed for the
+SIMD GEMM of _packed_gemm.h.
 
-Same call shape as ``fastrnn.reference.forward`` (with ``training=False``),
-plus an optional ``packed`` argument: the result of ``pack_weights``, which a
-layer keeps between calls so that packing is paid once.
+``forward``/``backward`` have the call shape of ``fastrnn.reference``, plus
+optional ``packed`` (the result of ``pack_weights``, which a layer keeps between
+inference calls so that packing is paid once) and ``workspace`` (buffers reused
+between calls). ``Stepper``/``step_layers`` run single streaming steps.
 
 Threads: for larger batches each thread runs the whole sequence for its own
 rows (no barrier); for small batches the hidden units are split, so each
@@ -16,6 +18,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 from cython.parallel cimport parallel, prange
 cimport numpy as cnp
+
+from _parallel cimport block_start
 
 from _cells cimport (GRU, LSTM, RNN_RELU, gru_backward_row_f32, gru_forward_row_f32,
                     lstm_backward_row_f32, lstm_forward_row_f32, rnn_backward_row_f32,
@@ -212,10 +216,6 @@ cdef struct Job:
     const float *recurrent_mask
 
 
-cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t k) noexcept nogil:
-    return n * k // parts
-
-
 cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t lda,
                        Py_ssize_t a_block_k, Py_ssize_t a_block_stride, const float *P,
                        Py_ssize_t block_cols, Py_ssize_t n_blocks, float *C, Py_ssize_t ldc,
@@ -304,11 +304,11 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef bint busy
     if job.split_hidden:
         r0, r1 = 0, B
-        k0 = _block_start(job.n_blocks, n_threads, tid)
-        k1 = _block_start(job.n_blocks, n_threads, tid + 1)
+        k0 = block_start(job.n_blocks, n_threads, tid)
+        k1 = block_start(job.n_blocks, n_threads, tid + 1)
     else:
-        r0 = _block_start(B, n_threads, tid)
-        r1 = _block_start(B, n_threads, tid + 1)
+        r0 = block_start(B, n_threads, tid)
+        r1 = block_start(B, n_threads, tid + 1)
         k0, k1 = 0, job.n_blocks
     busy = r1 > r0 and k1 > k0
     n_chunks = (job.seq_len + job.chunk - 1) // job.chunk
@@ -848,7 +848,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         _backprop_rows(&job, 0, B)
     else:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
-            _backprop_rows(&job, _block_start(B, parts, part), _block_start(B, parts, part + 1))
+            _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1))
 
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).
@@ -882,8 +882,8 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         fr_transpose(TB, H, p_h_before, H, p_ht, TB)
         for part in prange(parts, num_threads=parts, schedule="static"):
             fp_state = fr_ftz_enter()
-            k0 = _block_start(n_blocks, parts, part)
-            k1 = _block_start(n_blocks, parts, part + 1)
+            k0 = block_start(n_blocks, parts, part)
+            k1 = block_start(n_blocks, parts, part + 1)
             # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
             _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
                   p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
@@ -899,8 +899,8 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         parts = max(1, min(n_threads, TB // 16))
         for part in prange(parts, num_threads=parts, schedule="static"):
             fp_state = fr_ftz_enter()
-            r0 = _block_start(TB, parts, part)
-            r1 = _block_start(TB, parts, part + 1)
+            r0 = block_start(TB, parts, part)
+            r1 = block_start(TB, parts, part + 1)
             # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
             _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
                   x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
