@@ -74,24 +74,7 @@ static inline double fr_tanh(double x) { return tanh(x); }
 #define FR_RELU(x) (((x) > 0 || (x) != (x)) ? (x) : 0)
 
 /* Instantiate the row functions for float (suffix f32) and double (f64). */
-#define REAL float
-#define SFX(name) name##_f32
-#define SIGMOID fr_sigmoidf
-#define TANH fr_tanhf
-#include "_cell_rows.h"
-#undef REAL
-#undef SFX
-#undef SIGMOID
-#undef TANH
-
-#define REAL double
-#define SFX(name) name##_f64
-#define SIGMOID fr_sigmoid
-#define TANH fr_tanh
-#include "_cell_rows.h"
-#undef REAL
-#undef SFX
-#undef SIGMOID
-#undef TANH
+#define FR_ROWS_FILE "_cell_rows.h"
+#include "_instantiate_rows.h"
 
 #endif

@@ -19,24 +19,7 @@
 
 #include "_cell_math.h"
 
-#define REAL float
-#define SFX(name) name##_f32
-#define SIGMOID fr_sigmoidf
-#define TANH fr_tanhf
-#include "_lnlstm_rows.h"
-#undef REAL
-#undef SFX
-#undef SIGMOID
-#undef TANH
-
-#define REAL double
-#define SFX(name) name##_f64
-#define SIGMOID fr_sigmoid
-#define TANH fr_tanh
-#include "_lnlstm_rows.h"
-#undef REAL
-#undef SFX
-#undef SIGMOID
-#undef TANH
+#define FR_ROWS_FILE "_lnlstm_rows.h"
+#include "_instantiate_rows.h"
 
 #endif

@@ -676,7 +676,7 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
     cdef float *dh_other = job.dh_other
     cdef float *tmp
     cdef float *g
-    cdef float *hn
+    cdef float *hn = NULL
     cdef float *dgh
     cdef const float *go
     cdef int gate_count = bc // U

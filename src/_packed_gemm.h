@@ -125,16 +125,6 @@ static int fr_current_isa(void) { return fr_isa; }
 
 static void fr_gemm_general(const fr_gemm_args *args) { fr_packed_gemm(args); }
 
-/* The common case: row-major A and C, every column valid. */
-static void fr_gemm_packed(ptrdiff_t rows, ptrdiff_t K, const float *A, ptrdiff_t lda,
-                           const float *P, ptrdiff_t block_cols, ptrdiff_t n_blocks,
-                           float *C, ptrdiff_t ldc, int accumulate)
-{
-    fr_gemm_args g = {rows, K, A, lda, 0, 0, P, block_cols, n_blocks,
-                      C, ldc, block_cols, block_cols * n_blocks, accumulate};
-    fr_packed_gemm(&g);
-}
-
 /* dst[c, r] = src[r, c] for a rows x cols block, in 16 x 16 tiles so both
  * sides are read and written a cache line at a time (NumPy's strided copy of a
  * transpose is several times slower). */

@@ -31,7 +31,7 @@ from _parallel cimport block_start, sum_columns
 
 import numpy as np
 
-from fastrnn._kernel_args import check_array, check_lengths, check_n_threads
+from fastrnn._kernel_args import check_array, check_input, check_lengths, check_n_threads
 
 # Vectorised elementwise work (activation codes: fastrnn.timedelay.ACTIVATIONS).
 cdef extern from "_timedelay_math.h" nogil:
@@ -195,17 +195,9 @@ cdef void _backward_impl(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O,
 # --------------------------------------------------------------------------
 
 def _check_common(x, weight_taps, dilation, act, lengths, n_threads):
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise ValueError(f"x must be a 3-D array (seq_len, batch, input_size), got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+    check_input(x, need_features=True)
     T, B, I = x.shape
-    if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"x must have seq_len, batch and input_size >= 1, got {x.shape}")
     dtype = x.dtype
-    if dtype != np.float32 and dtype != np.float64:
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous")
     if not isinstance(weight_taps, np.ndarray) or weight_taps.ndim != 3:
         raise ValueError("weight_taps must be a 3-D array (taps, out_channels, in_channels)")
     taps, O = weight_taps.shape[:2]
