@@ -904,19 +904,25 @@ def choose_repeat(round_seconds, budget=2.0, low=5, high=20):
     return int(min(high, max(low, math.ceil(budget / round_seconds))))
 
 
-def settle(max_wait=0.1, window=0.002, busy=0.25):
-    """Sleep until this process's worker threads stop spinning: until a
-    ``window`` of sleep costs less than ``busy`` x window of process CPU time
-    (at most ``max_wait`` seconds). OpenMP (libgomp), ONNX Runtime and OpenBLAS
-    thread pools busy-wait for milliseconds after a call (here: ~10 ms for
-    libgomp, ~30 ms for ONNX Runtime), which would slow down the next engine.
-    Returns the seconds waited."""
+def settle(max_wait=0.2, window=0.002, busy=0.25, quiet=4):
+    """Sleep until this process's worker threads stop spinning: until ``quiet``
+    windows in a row of ``window`` seconds of sleep each cost less than
+    ``busy`` x window of process CPU time (at most ``max_wait`` seconds).
+    OpenMP (libgomp), ONNX Runtime and OpenBLAS thread pools busy-wait after a
+    call (here: ~10 ms for libgomp, ~40 ms for ONNX Runtime, whose threads
+    spin in bursts, so a single quiet window is not enough), which would slow
+    down the next engine. Returns the seconds waited."""
     start = time.perf_counter()
+    quiet_windows = 0
     while time.perf_counter() - start < max_wait:
         cpu = time.process_time()
         time.sleep(window)
         if time.process_time() - cpu < busy * window:
-            break
+            quiet_windows += 1
+            if quiet_windows >= quiet:
+                break
+        else:
+            quiet_windows = 0
     return time.perf_counter() - start
 
 
