@@ -19,6 +19,7 @@ import contextlib
 import numpy as np
 
 from . import _packed, _recurrent, reference
+from ._aligned import aligned_empty
 from ._threads import _check_n_threads, resolve_n_threads, single_threaded_blas
 
 _IMPLS = {"cython": _recurrent, "reference": reference}
@@ -430,7 +431,7 @@ class _RecurrentBase:
         layer_input = x
         with self._blas_limit(kernels):
             for layer in range(self.num_layers):
-                out = np.empty((seq_len, batch, D * H), self.dtype)
+                out = aligned_empty((seq_len, batch, D * H), self.dtype)
                 direction_caches = []
                 for direction in range(D):
                     index = layer * D + direction

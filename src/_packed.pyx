@@ -31,6 +31,7 @@ import numpy as np
 
 cnp.import_array()
 
+from fastrnn._aligned import aligned_empty
 from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused_biases,
                                  gate_count)
 
@@ -170,12 +171,13 @@ cdef class PackedWeights:
 def _buffer(workspace, name, shape, zero=False):
     """A float32 array of `shape`: reused from `workspace` (a dict a caller keeps
     between calls) when one of that shape is there. Reuse avoids the page faults
-    of fresh multi-megabyte allocations, which cost as much as the arithmetic."""
-    if workspace is None:
-        return np.zeros(shape, np.float32) if zero else np.empty(shape, np.float32)
-    array = workspace.get(name)
+    of fresh multi-megabyte allocations, which cost as much as the arithmetic.
+    New arrays start on a cache line (see fastrnn._aligned)."""
+    array = None if workspace is None else workspace.get(name)
     if array is None or array.shape != shape:
-        array = workspace[name] = np.empty(shape, np.float32)
+        array = aligned_empty(shape)
+        if workspace is not None:
+            workspace[name] = array
     if zero:
         array.fill(0)
     return array
@@ -515,10 +517,10 @@ cdef class Stepper:
             raise ValueError(f"batch and n_threads must be >= 1, got {batch}, {n_threads}")
         H, bc, n_blocks = packed.hidden_size, packed.block_cols, packed.n_blocks
         self.packed, self.batch, self.n_threads = packed, batch, n_threads
-        self.gates = np.empty((1, batch, n_blocks * bc), np.float32)
-        self.gates_h = np.empty((batch, n_blocks * bc), np.float32) if packed.cell == GRU else None
-        self.h = np.empty((2, batch, H), np.float32)
-        self.c = np.empty((2, batch, H), np.float32) if packed.cell == LSTM else None
+        self.gates = aligned_empty((1, batch, n_blocks * bc))
+        self.gates_h = aligned_empty((batch, n_blocks * bc)) if packed.cell == GRU else None
+        self.h = aligned_empty((2, batch, H))
+        self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         job = &self.job
         job.cell = packed.cell
         job.reverse = False

@@ -147,3 +147,11 @@ def test_cli_usage_errors(capsys):
     assert main(["bench", "--rows", "no such row"]) == 2
     assert main(["bench", "--list"]) == 0
     assert "forward LSTM T=100 B=1 I=256 H=256" in capsys.readouterr().out
+
+
+def test_settle_waits_for_consecutive_quiet_windows():
+    from fastrnn._bench import settle
+    # An idle process: exactly `quiet` windows of sleep, at least.
+    assert settle(max_wait=1.0, window=0.003, quiet=3) >= 0.009
+    # Never longer than max_wait (plus one window).
+    assert settle(max_wait=0.01, window=0.002, busy=-1.0) < 0.5
