@@ -749,16 +749,6 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
         memcpy(job.dh + r0 * H, dh + r0 * H, (r1 - r0) * H * sizeof(float))
 
 
-def _to_packed_rows(weight, cell, hidden_size, units):
-    """(G*H, K) -> (n_blocks*G*U, K): rows in packed gate order, zero for padding."""
-    G = gate_count(cell)
-    K = weight.shape[1]
-    n_blocks = -(-hidden_size // units)
-    padded = np.zeros((G, n_blocks * units, K), np.float32)
-    padded[:, :hidden_size] = weight.reshape(G, hidden_size, K)
-    return padded.reshape(G, n_blocks, units, K).transpose(1, 0, 2, 3).reshape(-1, K)
-
-
 def _packed_order(cell, hidden_size, units):
     """For each row g*H + u of a PyTorch weight, its column in the packed gate
     order (b*G*U + g*U + j for unit u = b*U + j)."""
@@ -768,13 +758,76 @@ def _packed_order(cell, hidden_size, units):
     return block * G * units + gate * units + j
 
 
-def _pack_columns(matrix):
-    """(K, N) -> (ceil(N/GRAD_BLOCK), K, GRAD_BLOCK), the P layout, zero-padded."""
-    K, N = matrix.shape
-    n_blocks = -(-N // GRAD_BLOCK)
-    padded = np.zeros((K, n_blocks * GRAD_BLOCK), np.float32)
-    padded[:, :N] = matrix
-    return np.ascontiguousarray(padded.reshape(K, n_blocks, GRAD_BLOCK).transpose(1, 0, 2))
+def _source_rows(cell, hidden_size, units, total_cols):
+    """For each packed gate column, its PyTorch weight row (-1 for padding)."""
+    rows = np.full(total_cols, -1, np.int64)
+    rows[_packed_order(cell, hidden_size, units)] = np.arange(gate_count(cell) * hidden_size)
+    return rows
+
+
+cdef void _pack_rows_by_column_blocks(const float *weight, Py_ssize_t K,
+                                      const int64_t *source_rows, Py_ssize_t n_rows,
+                                      float *out, Py_ssize_t jb) noexcept nogil:
+    """Column block jb of the backward's P layout, (n_rows, GRAD_BLOCK):
+    out[p, c] = weight[source_rows[p], jb*GRAD_BLOCK + c], zero for padding rows
+    (source -1) and columns past K. Each copy is a contiguous piece of a row."""
+    cdef Py_ssize_t p, c0 = jb * GRAD_BLOCK, n = min(GRAD_BLOCK, K - jb * GRAD_BLOCK)
+    cdef float *dst
+    for p in range(n_rows):
+        dst = out + p * GRAD_BLOCK
+        if source_rows[p] < 0:
+            memset(dst, 0, GRAD_BLOCK * sizeof(float))
+        else:
+            memcpy(dst, weight + source_rows[p] * K + c0, n * sizeof(float))
+            if n < GRAD_BLOCK:
+                memset(dst + n, 0, (GRAD_BLOCK - n) * sizeof(float))
+
+
+def _pack_transposed(weight, source_rows, workspace, name, int n_threads):
+    """weight (G*H, K) with its rows in packed gate order, packed by GRAD_BLOCK
+    columns: (ceil(K/GRAD_BLOCK), total_cols, GRAD_BLOCK), the P layout of the
+    products that multiply by weight (dh = dgates @ weight_hh)."""
+    cdef Py_ssize_t K = weight.shape[1], n_rows = source_rows.shape[0], jb, blocks
+    blocks = (K + GRAD_BLOCK - 1) // GRAD_BLOCK
+    out = _buffer(workspace, name, (blocks, n_rows, GRAD_BLOCK))
+    cdef const float *w = _ptr(weight)
+    cdef const int64_t *rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
+    cdef float *o = _ptr(out)
+    cdef int threads = max(1, min(n_threads, blocks))
+    with nogil:
+        for jb in prange(blocks, num_threads=threads, schedule="static"):
+            _pack_rows_by_column_blocks(w, K, rows, n_rows, o + jb * n_rows * GRAD_BLOCK, jb)
+    return out
+
+
+cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
+                     float *dst, Py_ssize_t ld_dst, int n_threads) noexcept nogil:
+    """dst[c, r] = src[r, c] (fr_transpose), the rows split across threads in
+    pieces of 16 (so no two threads write one cache line of dst)."""
+    cdef Py_ssize_t pieces = (rows + 15) // 16, part, parts, r0, r1
+    parts = max(1, min(n_threads, pieces))
+    if rows * cols < MIN_PARALLEL_WORK:
+        parts = 1
+    for part in prange(parts, num_threads=parts, schedule="static"):
+        r0 = min(rows, 16 * block_start(pieces, parts, part))
+        r1 = min(rows, 16 * block_start(pieces, parts, part + 1))
+        fr_transpose(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0, ld_dst)
+
+
+def _add_rows(grad, rows, order, int n_threads):
+    """grad += rows[order] (grad (R, K) C-contiguous float32, order (R,) int64
+    indices of rows), without the temporary of the NumPy expression."""
+    cdef Py_ssize_t R = grad.shape[0], K = grad.shape[1], r, k
+    cdef float *g = _ptr(grad)
+    cdef const float *src = _ptr(rows)
+    cdef const int64_t *index = <const int64_t *>cnp.PyArray_DATA(order)
+    cdef int threads = max(1, min(n_threads, R // 16))
+    if R * K < MIN_PARALLEL_WORK:
+        threads = 1
+    with nogil:
+        for r in prange(R, num_threads=threads, schedule="static"):
+            for k in range(K):
+                g[r * K + k] += src[index[r] * K + k]
 
 
 cdef inline float *_ptr(a):
@@ -815,8 +868,9 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     gates = cache["gates"]
     grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
     # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
-    weight_hh_t = _pack_columns(_to_packed_rows(weight_hh, cell, H, U))
-    weight_ih_t = _pack_columns(_to_packed_rows(weight_ih, cell, H, U))
+    source_rows = _source_rows(cell, H, U, tc)
+    weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t", n_threads)
+    weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t", n_threads)
     dh_other = np.empty_like(dh)
 
     job.cell = cell
@@ -880,8 +934,8 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     cdef const float *p_x = _ptr(x)
     with nogil:
         # x.T and h_before.T: row-major with the steps as the inner dimension.
-        fr_transpose(TB, I, p_x, I, p_xt, TB)
-        fr_transpose(TB, H, p_h_before, H, p_ht, TB)
+        _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
+        _transpose(TB, H, p_h_before, H, p_ht, TB, n_threads)
         for part in prange(parts, num_threads=parts, schedule="static"):
             fp_state = fr_ftz_enter()
             k0 = block_start(n_blocks, parts, part)
@@ -908,17 +962,18 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                   x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
             fr_ftz_leave(fp_state)
 
-    # Back to PyTorch's layout: transpose (fast, blocked), then gather the rows.
+    # Back to PyTorch's layout: transpose (fast, blocked), then add the rows in
+    # PyTorch's order to the gradients.
     order = _packed_order(cell, H, U)
     d_weight_ih = _buffer(workspace, "d_weight_ih", (tc, I))
     d_weight_hh = _buffer(workspace, "d_weight_hh", (tc, H))
     cdef float *p_dwi_rows = _ptr(d_weight_ih)
     cdef float *p_dwh_rows = _ptr(d_weight_hh)
     with nogil:
-        fr_transpose(I, tc, p_dwi, tc, p_dwi_rows, I)
-        fr_transpose(H, tc, p_dwh, tc, p_dwh_rows, H)
-    grad_weight_ih += d_weight_ih[order]
-    grad_weight_hh += d_weight_hh[order]
+        _transpose(I, tc, p_dwi, tc, p_dwi_rows, I, n_threads)
+        _transpose(H, tc, p_dwh, tc, p_dwh_rows, H, n_threads)
+    _add_rows(grad_weight_ih, d_weight_ih, order, n_threads)
+    _add_rows(grad_weight_hh, d_weight_hh, order, n_threads)
     if grad_bias_ih is not None:
         grad_bias_ih += d_bias[0, order]
         grad_bias_hh += d_bias[1, order]

@@ -53,8 +53,19 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < TILE; c++)
             tmp[r * TILE + c] = (acc && c < valid) ? C[r * ldc + c] : 0.0f;
-    for (int r0 = 0; r0 < mr; r0++)  /* one row at a time: mr is not a constant here */
-        FR_SFX(fr_tile)(1, kc, A + r0 * lda, lda, Pt, ldp, tmp + r0 * TILE, TILE, 1);
+    /* A constant row count per case, so the accumulators stay in registers. */
+    switch (mr) {
+#if FR_MR > 5
+    case 6: FR_SFX(fr_tile)(6, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+#endif
+#if FR_MR > 4
+    case 5: FR_SFX(fr_tile)(5, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+#endif
+    case 4: FR_SFX(fr_tile)(4, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    case 3: FR_SFX(fr_tile)(3, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    case 2: FR_SFX(fr_tile)(2, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    default: FR_SFX(fr_tile)(1, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    }
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < valid; c++)
             C[r * ldc + c] = tmp[r * TILE + c];
