@@ -47,7 +47,7 @@ cdef extern from "_packed_gemm.h" nogil:
         Py_ssize_t block_cols, n_blocks
         float *C
         Py_ssize_t ldc, c_block_stride, n_cols
-        int accumulate
+        int accumulate, reverse_blocks
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
@@ -221,7 +221,8 @@ cdef struct Job:
 cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t lda,
                        Py_ssize_t a_block_k, Py_ssize_t a_block_stride, const float *P,
                        Py_ssize_t block_cols, Py_ssize_t n_blocks, float *C, Py_ssize_t ldc,
-                       Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate) noexcept nogil:
+                       Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate,
+                       int reverse_blocks=0) noexcept nogil:
     """fr_gemm_general with its arguments spelled out (see _packed_gemm.h)."""
     cdef fr_gemm_args g
     if rows <= 0 or n_blocks <= 0 or n_cols <= 0:
@@ -231,6 +232,7 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
     g.P, g.block_cols, g.n_blocks = P, block_cols, n_blocks
     g.C, g.ldc, g.c_block_stride, g.n_cols = C, ldc, c_block_stride, n_cols
     g.accumulate = accumulate
+    g.reverse_blocks = reverse_blocks
     fr_gemm_general(&g)
 
 
@@ -363,16 +365,17 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 h_rec = h_prev
                 if job.hm != NULL:
                     h_rec = job.hm + (t + 1 if job.reverse else t) * B * H
+                # Odd steps run the blocks backwards (see fr_gemm_args).
                 if job.cell == GRU:
                     # gates_h[own rows, own blocks] = h_rec[own rows] @ weight_hh[own units].T
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates_h + r0 * tc + k0 * bc, tc, TILE,
-                          (k1 - k0) * bc, 0)
+                          (k1 - k0) * bc, 0, step % 2)
                 else:
                     # gates[t, own rows, own blocks] += h_rec[own rows] @ weight_hh[own units].T
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld,
-                          gld, gts, (k1 - k0) * bc, 1)
+                          gld, gts, (k1 - k0) * bc, 1, step % 2)
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
                 if job.hm != NULL:

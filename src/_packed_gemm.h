@@ -34,7 +34,10 @@
  * A is row-major (row r at A + r*lda), or, when a_block_k > 0, k-blocked:
  * its columns j*a_block_k .. (j+1)*a_block_k-1 are at A + j*a_block_stride
  * (rows lda apart). Block b's columns of C start at C + b*c_block_stride
- * (rows ldc apart): block_cols for a row-major C. */
+ * (rows ldc apart): block_cols for a row-major C. With reverse_blocks the
+ * blocks run from the last to the first: a recurrence that alternates the order
+ * from step to step starts each step on the weights the previous step read last,
+ * which are still in cache when the weights are larger than it. */
 typedef struct {
     ptrdiff_t rows, K;
     const float *A;
@@ -43,7 +46,7 @@ typedef struct {
     ptrdiff_t block_cols, n_blocks;
     float *C;
     ptrdiff_t ldc, c_block_stride, n_cols;
-    int accumulate;
+    int accumulate, reverse_blocks;
 } fr_gemm_args;
 
 typedef void (*fr_gemm_fn)(const fr_gemm_args *args);

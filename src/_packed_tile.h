@@ -94,7 +94,8 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
     ptrdiff_t k_chunk = 8192 / tile_cols;
     if (a_block_k > 0)
         k_chunk = a_block_k % 64 == 0 ? 64 : a_block_k;
-    for (ptrdiff_t blk = 0; blk < n_blocks; blk++) {
+    for (ptrdiff_t bi = 0; bi < n_blocks; bi++) {
+        const ptrdiff_t blk = g->reverse_blocks ? n_blocks - 1 - bi : bi;
         const float *Pb = P + blk * K * bc;
         float *Cb = C + blk * c_block_stride;
         for (ptrdiff_t c0 = 0; c0 < bc; c0 += tile_cols) {
