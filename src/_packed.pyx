@@ -153,8 +153,9 @@ cdef class PackedWeights:
         self.bias = self._pack(bias[:, None], G, H, U).reshape(-1)
         self.bias_hn = None
         if bias_hn is not None:
-            self.bias_hn = np.zeros(self.n_blocks * U, np.float32)
+            self.bias_hn = aligned_empty((self.n_blocks * U,))
             self.bias_hn[:H] = bias_hn
+            self.bias_hn[H:] = 0
 
     def _pack(self, weight, G, H, U):
         """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
@@ -165,7 +166,9 @@ cdef class PackedWeights:
         padded[:, :H] = weight.reshape(G, H, K)
         blocks = padded.reshape(G, self.n_blocks, U, K).transpose(1, 3, 0, 2)
         tiles = blocks.reshape(self.n_blocks, K, G * U // TILE, TILE).transpose(0, 2, 1, 3)
-        return np.ascontiguousarray(tiles).reshape(-1, K, TILE)
+        packed = aligned_empty((self.n_blocks * G * U // TILE, K, TILE))
+        packed.reshape(tiles.shape)[...] = tiles
+        return packed
 
 
 def _buffer(workspace, name, shape, zero=False):

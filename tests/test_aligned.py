@@ -55,3 +55,17 @@ def test_misaligned_output_rows_give_the_same_result():
     for got in results[1:]:
         for a, b in zip(got, results[0]):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode, hidden", [("LSTM", 20), ("GRU", 70), ("RNN", 5)])
+def test_packed_weights_are_aligned(mode, hidden):
+    """The SIMD kernels load whole cache lines of the packed weights: a packing
+    that starts mid-line splits every load in two."""
+    layer = getattr(fastrnn, mode)(3, hidden)
+    layer.eval()
+    layer(np.ones((2, 1, 3), np.float32))
+    packed = layer._packed[0]
+    for name in ("weight_ih", "weight_hh", "bias", "bias_hn"):
+        array = getattr(packed, name)
+        if array is not None:
+            assert array.ctypes.data % CACHE_LINE == 0, name
