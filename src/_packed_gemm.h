@@ -131,8 +131,8 @@ static void fr_gemm_general(const fr_gemm_args *args) { fr_packed_gemm(args); }
 /* dst[c, r] = src[r, c] for a rows x cols block, in 16 x 16 tiles so both
  * sides are read and written a cache line at a time (NumPy's strided copy of a
  * transpose is several times slower). */
-static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t ld_src,
-                         float *dst, ptrdiff_t ld_dst)
+static void fr_transpose_scalar(ptrdiff_t rows, ptrdiff_t cols, const float *src,
+                                ptrdiff_t ld_src, float *dst, ptrdiff_t ld_dst)
 {
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += 16)
         for (ptrdiff_t c0 = 0; c0 < cols; c0 += 16) {
@@ -142,6 +142,69 @@ static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdi
                 for (ptrdiff_t r = r0; r < r1; r++)
                     dst[c * ld_dst + r] = src[r * ld_src + c];
         }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && (__GNUC__ >= 12 || defined(__clang__))
+#define FR_HAVE_TRANSPOSE8 1
+typedef float fr_v8 __attribute__((vector_size(32)));
+
+/* An 8 x 8 block in registers: three rounds of shuffles (pairs of rows, pairs
+ * of pairs, halves), eight 32-byte loads and stores. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void fr_transpose8x8(
+    const float *src, ptrdiff_t ld_src, float *dst, ptrdiff_t ld_dst)
+{
+    fr_v8 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++)
+        memcpy(&r[i], src + i * ld_src, sizeof(fr_v8));
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = __builtin_shufflevector(t[4 * i], t[4 * i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[4 * i + 1] = __builtin_shufflevector(t[4 * i], t[4 * i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[4 * i + 2] = __builtin_shufflevector(t[4 * i + 1], t[4 * i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[4 * i + 3] = __builtin_shufflevector(t[4 * i + 1], t[4 * i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int i = 0; i < 4; i++) {
+        fr_v8 lo = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        fr_v8 hi = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        memcpy(dst + i * ld_dst, &lo, sizeof(fr_v8));
+        memcpy(dst + (i + 4) * ld_dst, &hi, sizeof(fr_v8));
+    }
+}
+
+/* fr_transpose_scalar with AVX2 8 x 8 blocks (2-3x faster on this code's shapes),
+ * walked in 32 x 32 tiles; the edges that are not whole blocks stay scalar. */
+static __attribute__((target("avx2,fma"))) void fr_transpose_avx2(
+    ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t ld_src, float *dst,
+    ptrdiff_t ld_dst)
+{
+    const ptrdiff_t rows8 = rows & ~(ptrdiff_t)7, cols8 = cols & ~(ptrdiff_t)7;
+    for (ptrdiff_t r0 = 0; r0 < rows8; r0 += 32)
+        for (ptrdiff_t c0 = 0; c0 < cols8; c0 += 32)
+            for (ptrdiff_t r = r0; r < r0 + 32 && r < rows8; r += 8)
+                for (ptrdiff_t c = c0; c < c0 + 32 && c < cols8; c += 8)
+                    fr_transpose8x8(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
+    if (cols8 < cols)
+        fr_transpose_scalar(rows8, cols - cols8, src + cols8, ld_src, dst + cols8 * ld_dst,
+                            ld_dst);
+    if (rows8 < rows)
+        fr_transpose_scalar(rows - rows8, cols, src + rows8 * ld_src, ld_src, dst + rows8,
+                            ld_dst);
+}
+#endif
+
+static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdiff_t ld_src,
+                         float *dst, ptrdiff_t ld_dst)
+{
+#ifdef FR_HAVE_TRANSPOSE8
+    if (fr_isa >= FR_ISA_AVX2) {
+        fr_transpose_avx2(rows, cols, src, ld_src, dst, ld_dst);
+        return;
+    }
+#endif
+    fr_transpose_scalar(rows, cols, src, ld_src, dst, ld_dst);
 }
 
 /* Flush-to-zero and denormals-are-zero for the calling thread, for the length of
