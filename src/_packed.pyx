@@ -194,6 +194,10 @@ def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
 cdef struct Job:
     int cell
     bint reverse, split_hidden, training
+    # Streaming (Stepper, one step per call): every other call runs the recurrent
+    # product first and both products' blocks backwards, so each call starts on
+    # the weights the previous one read last, still in cache (see fr_gemm_args).
+    bint swap_products
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
     # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
@@ -290,6 +294,27 @@ cdef void _mask_state(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k
             hm_new[b * H + j] = h_new[b * H + j] * job.recurrent_mask[b * H + j]
 
 
+cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t first_t,
+                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t k0, Py_ssize_t k1, int accumulate,
+                   int backwards) noexcept nogil:
+    """The input projection of steps [t_lo, t_hi) for one thread's rows [r0, r1)
+    and blocks [k0, k1) (all rows, or all blocks)."""
+    cdef Py_ssize_t t, B = job.batch, I = job.input_size, bc = job.block_cols
+    cdef Py_ssize_t gld = job.gates_ld, nt = job.tiles
+    if r0 == 0 and r1 == B:
+        # gates[t_lo:t_hi, :, own blocks] (+)= x[t_lo:t_hi] @ weight_ih[own units].T
+        _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
+              job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
+              job.gates + k0 * job.gates_block_stride + (t_lo - first_t) * B * gld, gld,
+              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards)
+    else:
+        for t in range(t_lo, t_hi):
+            # gates[t, own rows] (+)= x[t, own rows] @ weight_ih.T
+            _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, TILE,
+                  job.n_blocks * nt, job.gates + ((t - first_t) * B + r0) * gld, gld,
+                  job.gates_tile_stride, job.total_cols, accumulate, backwards)
+
+
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef unsigned int fp_state = fr_ftz_enter()
@@ -308,7 +333,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef float *h_rec
     cdef float *c_prev = NULL
     cdef float *c_new = NULL
-    cdef bint busy
+    cdef bint busy, backwards
     if job.split_hidden:
         r0, r1 = 0, B
         k0 = block_start(job.n_blocks, n_threads, tid)
@@ -332,19 +357,8 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
         # t * B in the training cache (which holds every step). Training projects
         # chunk by chunk too, so a chunk's gates are still in cache for its steps.
         first_t = 0 if job.training else t_lo
-        if busy:
-            if r0 == 0 and r1 == B:
-                # gates[t_lo:t_hi, :, own blocks] = x[t_lo:t_hi] @ weight_ih[own units].T
-                _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
-                      job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
-                      job.gates + k0 * gbs + (t_lo - first_t) * B * gld, gld, gts,
-                      (k1 - k0) * bc, 0)
-            else:
-                for t in range(t_lo, t_hi):
-                    # gates[t, own rows] = x[t, own rows] @ weight_ih.T
-                    _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, TILE,
-                          job.n_blocks * nt, job.gates + ((t - first_t) * B + r0) * gld, gld,
-                          gts, tc, 0)
+        if busy and not job.swap_products:
+            _project(job, t_lo, t_hi, first_t, r0, r1, k0, k1, 0, 0)
         for s in range(t_hi - t_lo):
             t = t_hi - 1 - s if job.reverse else t_lo + s
             if job.training:
@@ -369,16 +383,21 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 if job.hm != NULL:
                     h_rec = job.hm + (t + 1 if job.reverse else t) * B * H
                 # Odd steps run the blocks backwards (see fr_gemm_args).
+                backwards = job.swap_products or step % 2
                 if job.cell == GRU:
                     # gates_h[own rows, own blocks] = h_rec[own rows] @ weight_hh[own units].T
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates_h + r0 * tc + k0 * bc, tc, TILE,
-                          (k1 - k0) * bc, 0, step % 2)
+                          (k1 - k0) * bc, 0, backwards)
                 else:
                     # gates[t, own rows, own blocks] += h_rec[own rows] @ weight_hh[own units].T
+                    # (=, when the projection comes after it)
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld,
-                          gld, gts, (k1 - k0) * bc, 1, step % 2)
+                          gld, gts, (k1 - k0) * bc, not job.swap_products, backwards)
+                if job.swap_products:
+                    # GRU's projection has gates to itself; the others add to the product.
+                    _project(job, t, t + 1, first_t, r0, r1, k0, k1, job.cell != GRU, 1)
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
                 if job.hm != NULL:
@@ -472,6 +491,7 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     job.cell = cell
     job.reverse = reverse
     job.training = training
+    job.swap_products = False
     job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
     job.U, job.block_cols, job.n_blocks = U, bc, n_blocks
     job.total_cols, job.chunk = total_cols, chunk
@@ -531,6 +551,7 @@ cdef class Stepper:
         job.cell = packed.cell
         job.reverse = False
         job.training = False
+        job.swap_products = False
         job.seq_len, job.batch = 1, batch
         job.input_size, job.hidden_size = packed.input_size, H
         job.U, job.block_cols, job.n_blocks = packed.units, bc, n_blocks
@@ -579,6 +600,7 @@ cdef class Stepper:
             memcpy(self.job.c, c, size * sizeof(float))
         with nogil:
             _launch(&self.job, self.n_threads)
+        self.job.swap_products = not self.job.swap_products
         memcpy(h_out, self.job.h + size, size * sizeof(float))
         if c_out != NULL:
             memcpy(c_out, self.job.c + size, size * sizeof(float))
