@@ -222,6 +222,8 @@ class _RecurrentBase:
         if value not in self._impls:
             raise ValueError(f"impl must be one of {sorted(self._impls)}, got {value!r}")
         self._impl = value
+        # Inference and step() on the packed float32 kernels (see _kernels).
+        self._compiled_float32 = value == "cython" and self.dtype == np.float32
 
     @property
     def n_threads(self):
@@ -616,6 +618,16 @@ class _RNNBase(_RecurrentBase):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: the reverse direction "
                              "needs the whole sequence")
+        fast = not self.training and self._compiled_float32
+        if fast and type(x) is np.ndarray and x.ndim <= 2:
+            # The common case (float32 arrays, the state a previous step returned)
+            # checked and run at C level; anything else goes the long way below.
+            key = (x.shape[0] if x.ndim == 2 else 1, resolve_n_threads(self.n_threads))
+            steppers = self._steppers.get(key)
+            if steppers is not None:
+                result = _packed.step_stack(steppers, x, hx)
+                if result is not None:
+                    return result
         if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = _as_float_array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
@@ -623,7 +635,6 @@ class _RNNBase(_RecurrentBase):
                              f"got shape {x.shape}")
         unbatched = x.ndim == 1
         x2 = x.reshape(1, -1) if unbatched else x
-        fast = not self.training and self._impl == "cython" and self.dtype == np.float32
         if not fast:
             # A length-1 sequence: (1, input_size) unbatched, (1, batch, input_size).
             out, state = self.forward(x[None], hx)
@@ -664,7 +675,7 @@ class _RNNBase(_RecurrentBase):
     def _kernels(self):
         # float32 runs on the packed kernels (their own SIMD GEMM); float64 on the
         # BLAS-based kernels; impl="reference" on NumPy.
-        if self._impl == "cython" and self.dtype == np.float32:
+        if self._compiled_float32:
             return _packed
         return self._impls[self._impl]
 

@@ -194,10 +194,12 @@ def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
 cdef struct Job:
     int cell
     bint reverse, split_hidden, training
-    # Streaming (Stepper, one step per call): every other call runs the recurrent
-    # product first and both products' blocks backwards, so each call starts on
-    # the weights the previous one read last, still in cache (see fr_gemm_args).
-    bint swap_products
+    # Streaming (Stepper, one step per call): the two products go to separate
+    # buffers (gates, gates_h) and are added in a fixed order, so their order is
+    # free: odd calls (stream_phase) run the recurrent product first and both
+    # products' blocks backwards, so each call starts on the weights the previous
+    # one read last, still in cache (see fr_gemm_args).
+    bint stream, stream_phase
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
     # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
@@ -315,6 +317,16 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
                   job.gates_tile_stride, job.total_cols, accumulate, backwards)
 
 
+cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t col0,
+                         Py_ssize_t col1) noexcept nogil:
+    """gates[row, col0:col1] += gates_h[row, col0:col1] for rows [r0, r1) of a
+    streaming step (one step: gates is (batch, total_cols) like gates_h)."""
+    cdef Py_ssize_t b, j, tc = job.total_cols
+    for b in range(r0, r1):
+        for j in range(col0, col1):
+            job.gates[b * tc + j] += job.gates_h[b * tc + j]
+
+
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef unsigned int fp_state = fr_ftz_enter()
@@ -357,7 +369,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
         # t * B in the training cache (which holds every step). Training projects
         # chunk by chunk too, so a chunk's gates are still in cache for its steps.
         first_t = 0 if job.training else t_lo
-        if busy and not job.swap_products:
+        if busy and not job.stream_phase:
             _project(job, t_lo, t_hi, first_t, r0, r1, k0, k1, 0, 0)
         for s in range(t_hi - t_lo):
             t = t_hi - 1 - s if job.reverse else t_lo + s
@@ -376,33 +388,33 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 if job.cell == LSTM:
                     c_prev = job.c + parity * B * H
                     c_new = job.c + (1 - parity) * B * H
-            step += 1
             if busy:
                 # The recurrent product's input: h, or h * mask under recurrent dropout.
                 h_rec = h_prev
                 if job.hm != NULL:
                     h_rec = job.hm + (t + 1 if job.reverse else t) * B * H
-                # Odd steps run the blocks backwards (see fr_gemm_args).
-                backwards = job.swap_products or step % 2
-                if job.cell == GRU:
+                # Odd steps (odd streaming calls) run the blocks backwards.
+                backwards = job.stream_phase if job.stream else step % 2
+                if job.cell == GRU or job.stream:
                     # gates_h[own rows, own blocks] = h_rec[own rows] @ weight_hh[own units].T
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates_h + r0 * tc + k0 * bc, tc, TILE,
                           (k1 - k0) * bc, 0, backwards)
                 else:
                     # gates[t, own rows, own blocks] += h_rec[own rows] @ weight_hh[own units].T
-                    # (=, when the projection comes after it)
                     _gemm(r1 - r0, H, h_rec + r0 * H, H, 0, 0, job.weight_hh + k0 * H * bc, TILE,
                           (k1 - k0) * nt, job.gates + k0 * gbs + ((t - first_t) * B + r0) * gld,
-                          gld, gts, (k1 - k0) * bc, not job.swap_products, backwards)
-                if job.swap_products:
-                    # GRU's projection has gates to itself; the others add to the product.
-                    _project(job, t, t + 1, first_t, r0, r1, k0, k1, job.cell != GRU, 1)
+                          gld, gts, (k1 - k0) * bc, 1, backwards)
+                if job.stream_phase:
+                    _project(job, t, t + 1, first_t, r0, r1, k0, k1, 0, 1)
+                if job.stream and job.cell != GRU:
+                    _add_recurrent(job, r0, r1, k0 * bc, k1 * bc)
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
                 if job.hm != NULL:
                     _mask_state(job, r0, r1, k0, k1, h_new,
                                 job.hm + (t if job.reverse else t + 1) * B * H)
+            step += 1
             if job.split_hidden and n_threads > 1:
                 # Every thread reads all of h_new in the next step.
                 fr_omp_barrier()
@@ -491,7 +503,7 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     job.cell = cell
     job.reverse = reverse
     job.training = training
-    job.swap_products = False
+    job.stream = job.stream_phase = False
     job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
     job.U, job.block_cols, job.n_blocks = U, bc, n_blocks
     job.total_cols, job.chunk = total_cols, chunk
@@ -544,14 +556,14 @@ cdef class Stepper:
         H, bc, n_blocks = packed.hidden_size, packed.block_cols, packed.n_blocks
         self.packed, self.batch, self.n_threads = packed, batch, n_threads
         self.gates = aligned_empty((1, batch, n_blocks * bc))
-        self.gates_h = aligned_empty((batch, n_blocks * bc)) if packed.cell == GRU else None
+        self.gates_h = aligned_empty((batch, n_blocks * bc))
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         job = &self.job
         job.cell = packed.cell
         job.reverse = False
         job.training = False
-        job.swap_products = False
+        job.stream, job.stream_phase = True, False
         job.seq_len, job.batch = 1, batch
         job.input_size, job.hidden_size = packed.input_size, H
         job.U, job.block_cols, job.n_blocks = packed.units, bc, n_blocks
@@ -600,7 +612,7 @@ cdef class Stepper:
             memcpy(self.job.c, c, size * sizeof(float))
         with nogil:
             _launch(&self.job, self.n_threads)
-        self.job.swap_products = not self.job.swap_products
+        self.job.stream_phase = not self.job.stream_phase
         memcpy(h_out, self.job.h + size, size * sizeof(float))
         if c_out != NULL:
             memcpy(c_out, self.job.c + size, size * sizeof(float))
@@ -637,6 +649,67 @@ def step_layers(list steppers, x, h, c):
                      ph_n + l * B * H, pc_n + l * B * H if pc_n != NULL else NULL)
         layer_input = ph_n + l * B * H
     return h_n[layers - 1].copy(), h_n, c_n
+
+
+cdef inline bint _is_state(a, Py_ssize_t layers, Py_ssize_t rows, Py_ssize_t cols,
+                           bint unbatched):
+    """a is a C-contiguous float32 ndarray of shape (layers, rows, cols), or
+    (layers, cols) when unbatched (rows is then 1)."""
+    cdef cnp.ndarray arr
+    if type(a) is not np.ndarray:
+        return False
+    arr = a
+    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return False
+    if unbatched:
+        return cnp.PyArray_NDIM(arr) == 2 and arr.shape[0] == layers and arr.shape[1] == cols
+    return (cnp.PyArray_NDIM(arr) == 3 and arr.shape[0] == layers and arr.shape[1] == rows
+            and arr.shape[2] == cols)
+
+
+def step_stack(list steppers, x, hx):
+    """Layer.step's fast path: one step through stacked layers, with x and the
+    state in the layouts a step returns (x (batch, input_size) or (input_size,)
+    float32 C-contiguous; hx as forward's, None for zeros). Returns (out, hx)
+    like Layer.step, or None when an argument needs converting or checking (the
+    caller then converts and calls step_layers)."""
+    cdef Stepper first = steppers[0]
+    cdef cnp.ndarray xa
+    cdef Py_ssize_t L = len(steppers), B = first.batch, H = first.job.hidden_size
+    cdef bint lstm = first.c is not None, unbatched
+    if type(x) is not np.ndarray:
+        return None
+    xa = x
+    if cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+        return None
+    unbatched = cnp.PyArray_NDIM(xa) == 1
+    if unbatched:
+        if B != 1 or xa.shape[0] != first.job.input_size:
+            return None
+    elif cnp.PyArray_NDIM(xa) != 2 or xa.shape[0] != B or xa.shape[1] != first.job.input_size:
+        return None
+    if hx is None:
+        h = np.zeros((L, B, H), np.float32)
+        c = np.zeros((L, B, H), np.float32) if lstm else None
+    elif lstm:
+        if type(hx) is not tuple or len(<tuple>hx) != 2:
+            return None
+        h, c = hx
+        if not (_is_state(h, L, B, H, unbatched) and _is_state(c, L, B, H, unbatched)):
+            return None
+    else:
+        h, c = hx, None
+        if not _is_state(h, L, B, H, unbatched):
+            return None
+    if unbatched:
+        xa = xa.reshape(B, -1)
+        h = h.reshape(L, B, H)
+        c = c.reshape(L, B, H) if lstm else None
+    out, h_n, c_n = step_layers(steppers, xa, h, c)
+    if unbatched:
+        out, h_n = out[0], h_n[:, 0]
+        c_n = c_n[:, 0] if lstm else None
+    return out, ((h_n, c_n) if lstm else h_n)
 
 
 cdef inline _check_state_array(str name, a, Py_ssize_t layers, Py_ssize_t rows,

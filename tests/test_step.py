@@ -69,3 +69,34 @@ def test_step_sees_new_weights():
     want, _ = layer(x[None])
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, want[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("batch", [None, 1, 4])
+def test_step_state_layouts_give_the_same_step(name, batch):
+    """A state as a previous step returns it (checked and run at C level), as a
+    list, in float64, or non-contiguous (converted first): the same step."""
+    layer = _layer(name).eval()
+    rng = np.random.default_rng(3)
+    x_shape = (5,) if batch is None else (batch, 5)
+    state_shape = (2, 70) if batch is None else (2, batch, 70)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    parts = [rng.standard_normal(state_shape).astype(np.float32)
+             for _ in range(2 if name == "lstm" else 1)]
+    as_state = tuple if name == "lstm" else (lambda p: p[0])
+    want_out, want_state = layer.step(x, as_state(parts))
+    variants = {
+        "list": list(parts) if name == "lstm" else None,
+        "float64": as_state([p.astype(np.float64) for p in parts]),
+        "strided": as_state([np.asfortranarray(p) for p in parts]),
+        "x float64": None,
+    }
+    for label, state in variants.items():
+        if state is None and label == "list":
+            continue
+        x_in = x.astype(np.float64) if label == "x float64" else x
+        out, new_state = layer.step(x_in, as_state(parts) if state is None else state)
+        np.testing.assert_array_equal(out, want_out, err_msg=label)
+        for got, want in zip(new_state if name == "lstm" else [new_state],
+                             want_state if name == "lstm" else [want_state]):
+            np.testing.assert_array_equal(got, want, err_msg=label)
