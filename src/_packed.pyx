@@ -157,18 +157,34 @@ cdef class PackedWeights:
             self.bias_hn[:H] = bias_hn
             self.bias_hn[H:] = 0
 
-    def _pack(self, weight, G, H, U):
+    def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U):
         """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
         unit block b (W's row g*H + b*U + j) cut into tiles of TILE columns,
         each stored k-major, so a tile's weights are contiguous."""
-        K = weight.shape[1]
-        padded = np.zeros((G, self.n_blocks * U, K), np.float32)
-        padded[:, :H] = weight.reshape(G, H, K)
-        blocks = padded.reshape(G, self.n_blocks, U, K).transpose(1, 3, 0, 2)
-        tiles = blocks.reshape(self.n_blocks, K, G * U // TILE, TILE).transpose(0, 2, 1, 3)
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        cdef Py_ssize_t K = weight.shape[1]
         packed = aligned_empty((self.n_blocks * G * U // TILE, K, TILE))
-        packed.reshape(tiles.shape)[...] = tiles
+        cdef const float *w = <const float *>cnp.PyArray_DATA(weight)
+        cdef float *p = <float *>cnp.PyArray_DATA(packed)
+        with nogil:
+            _pack_tiles(w, K, G, H, U, self.n_blocks, p)
         return packed
+
+
+cdef void _pack_tiles(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py_ssize_t U,
+                      Py_ssize_t n_blocks, float *packed) noexcept nogil:
+    """PackedWeights._pack: each block's U rows of a gate are transposed into
+    their TILE-wide tile at column (g*U) % TILE; units past H are zeros."""
+    cdef Py_ssize_t b, g, k, rows, tiles_per_block = G * U // TILE
+    cdef float *dst
+    for b in range(n_blocks):
+        rows = min(U, H - b * U)
+        for g in range(G):
+            dst = packed + (b * tiles_per_block + g * U // TILE) * K * TILE + g * U % TILE
+            fr_transpose(rows, K, weight + (g * H + b * U) * K, K, dst, TILE)
+            if rows < U:
+                for k in range(K):
+                    memset(dst + k * TILE + rows, 0, (U - rows) * sizeof(float))
 
 
 def _buffer(workspace, name, shape, zero=False):
