@@ -9,6 +9,8 @@
   ms aligned, up to 0.53 ms depending on where malloc put the weights).
 """
 
+import math
+
 import numpy as np
 
 CACHE_LINE = 64
@@ -17,7 +19,7 @@ CACHE_LINE = 64
 def aligned_empty(shape, dtype=np.float32):
     """Like ``np.empty(shape, dtype)``, with the data on a cache-line boundary."""
     dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     raw = np.empty(count * dtype.itemsize + CACHE_LINE, np.uint8)
     skip = -raw.ctypes.data % CACHE_LINE
     return raw[skip:skip + count * dtype.itemsize].view(dtype).reshape(shape)
