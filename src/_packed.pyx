@@ -904,6 +904,7 @@ def _pack_transposed(weight, source_rows, workspace, name, int n_threads):
     """weight (G*H, K) with its rows in packed gate order, packed by GRAD_BLOCK
     columns: (ceil(K/GRAD_BLOCK), total_cols, GRAD_BLOCK), the P layout of the
     products that multiply by weight (dh = dgates @ weight_hh)."""
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
     cdef Py_ssize_t K = weight.shape[1], n_rows = source_rows.shape[0], jb, blocks
     blocks = (K + GRAD_BLOCK - 1) // GRAD_BLOCK
     out = _buffer(workspace, name, (blocks, n_rows, GRAD_BLOCK))
@@ -934,6 +935,7 @@ cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssiz
 def _add_rows(grad, rows, order, int n_threads):
     """grad += rows[order] (grad (R, K) C-contiguous float32, order (R,) int64
     indices of rows), without the temporary of the NumPy expression."""
+    order = np.ascontiguousarray(order, dtype=np.int64)
     cdef Py_ssize_t R = grad.shape[0], K = grad.shape[1], r, k
     cdef float *g = _ptr(grad)
     cdef const float *src = _ptr(rows)
