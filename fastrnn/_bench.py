@@ -956,8 +956,8 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
     ``settle_threads`` (default: when ``n_threads`` > 1), each engine's turn in
     a round is: wait until the process's worker threads are idle (``settle``),
     untimed calls of the engine for 5 ms when its calls are short (< 20 ms: they
-    wake the engine's own pool and the second core), then the timed call. ``pause`` seconds of sleep
-    follow every call.
+    wake the engine's own pool and the second core), then the timed call.
+    ``pause`` seconds of sleep follow every call.
     """
     engines = default_engines() if engines is None else list(engines)
     if not any(e.name == "fastrnn" for e in engines):
