@@ -779,8 +779,11 @@ class Machine:
             src, dst = buf[:half], buf[half:2 * half]
             np.copyto(dst, src)
             inner = min(2000, max(1, int(2e6 // nbytes)))   # ~2 MB per timed chunk
+            # Best of many short rounds (noise on a shared machine). A buffer the
+            # size of L2 still varies from process to process (1 MiB here: 74-170
+            # GB/s), as whether it fits depends on where its pages land.
             best = math.inf
-            for _ in range(7):
+            for _ in range(30):
                 start = time.perf_counter()
                 for _ in range(inner):
                     np.copyto(dst, src)
