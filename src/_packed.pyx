@@ -776,15 +776,26 @@ cdef struct BackJob:
     float *dh_rec                 # (B, H) scratch when recurrent_mask is set
 
 
-cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """BPTT for batch rows [r0, r1): on entry dh/dc hold dL/dh_n, dL/dc_n; on
-    return dh holds dL/dh0 and dc dL/dc0 for these rows."""
+cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
+                         Py_ssize_t j1, bint split) noexcept nogil:
+    """BPTT for batch rows [r0, r1) and hidden units [j0, j1) * GRAD_BLOCK: on
+    entry dh/dc hold dL/dh_n, dL/dc_n; on return dh holds dL/dh0 and dc dL/dc0
+    for these rows and units. With split, the other threads of the parallel
+    region own the other units (same rows): one barrier per step."""
     cdef unsigned int fp_state = fr_ftz_enter()
-    _backprop_steps(job, r0, r1)
+    _backprop_steps(job, r0, r1, j0, j1, split)
     fr_ftz_leave(fp_state)
 
 
-cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+cdef void _backprop_unit_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
+    """One thread's share of a hidden-unit split BPTT (inside a parallel region)."""
+    cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
+    _backprop_rows(job, 0, job.batch, block_start(unit_groups, threads, tid),
+                   block_start(unit_groups, threads, tid + 1), threads > 1)
+
+
+cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
+                          Py_ssize_t j1, bint split) noexcept nogil:
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
     cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
     # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
@@ -799,7 +810,11 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
     cdef float *dgh
     cdef const float *go
     cdef int gate_count = bc // U
-    if r1 <= r0:
+    # Own units: [u_lo, u_hi), the unit blocks [k0, k1) (GRAD_BLOCK is a multiple
+    # of U), and the same columns of dh_prev in the recurrent product.
+    cdef Py_ssize_t u_lo = j0 * GRAD_BLOCK, u_hi = min(H, j1 * GRAD_BLOCK)
+    cdef Py_ssize_t k0 = u_lo // U, k1 = min(job.n_blocks, (u_hi + U - 1) // U)
+    if r1 <= r0 or u_hi <= u_lo:
         return
     for s in range(T):
         t = s if job.reverse else T - 1 - s
@@ -808,7 +823,7 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
         for b in range(r0, r1):
             row = t * B + b
             go = job.grad_out + row * job.out_ld + job.out_col
-            for blk in range(job.n_blocks):
+            for blk in range(k0, k1):
                 u0 = blk * U
                 n = min(U, H - u0)
                 g = job.gates + blk * gbs + row * TILE
@@ -846,24 +861,30 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1) noex
                     memcpy(dgh + gs, g + gs, U * sizeof(float))
                     memcpy(dgh + 2 * gs, hn, n * sizeof(float))
                     memset(dgh + 2 * gs + n, 0, (U - n) * sizeof(float))
+        if split:
+            # The product reads every unit's gate gradients of step t.
+            fr_omp_barrier()
         if job.recurrent_mask == NULL:
-            # dh_prev[r0:r1] += dgates_h[t, r0:r1] @ weight_hh (gate rows in packed order)
+            # dh_prev[r0:r1, own units] += dgates_h[t, r0:r1] @ weight_hh[:, own units]
+            # (gate rows in packed order)
             _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
-                  TB * TILE, job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
-                  dh_other + r0 * H, H, GRAD_BLOCK, H, 1)
+                  TB * TILE, job.weight_hh_t + j0 * job.total_cols * GRAD_BLOCK, GRAD_BLOCK,
+                  j1 - j0, dh_other + r0 * H + u_lo, H, GRAD_BLOCK, u_hi - u_lo, 1)
         else:
-            # dh_prev[r0:r1] += (dgates_h[t, r0:r1] @ weight_hh) * recurrent_mask[r0:r1]
+            # dh_prev[r0:r1, own] += (dgates_h[t, r0:r1] @ weight_hh[:, own]) * mask[r0:r1, own]
             _gemm(r1 - r0, job.total_cols, job.grad_h_side + (t * B + r0) * TILE, TILE, TILE,
-                  TB * TILE, job.weight_hh_t, GRAD_BLOCK, (H + GRAD_BLOCK - 1) // GRAD_BLOCK,
-                  job.dh_rec + r0 * H, H, GRAD_BLOCK, H, 0)
-            for row in range(r0 * H, r1 * H):
-                dh_other[row] += job.dh_rec[row] * job.recurrent_mask[row]
+                  TB * TILE, job.weight_hh_t + j0 * job.total_cols * GRAD_BLOCK, GRAD_BLOCK,
+                  j1 - j0, job.dh_rec + r0 * H + u_lo, H, GRAD_BLOCK, u_hi - u_lo, 0)
+            for b in range(r0, r1):
+                for row in range(b * H + u_lo, b * H + u_hi):
+                    dh_other[row] += job.dh_rec[row] * job.recurrent_mask[row]
         tmp = dh
         dh = dh_other
         dh_other = tmp
     if T % 2 == 1:
         # An odd number of swaps left the result in the scratch buffer.
-        memcpy(job.dh + r0 * H, dh + r0 * H, (r1 - r0) * H * sizeof(float))
+        for b in range(r0, r1):
+            memcpy(job.dh + b * H + u_lo, dh + b * H + u_lo, (u_hi - u_lo) * sizeof(float))
 
 
 def _packed_order(cell, hidden_size, units):
@@ -963,6 +984,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     """
     cdef BackJob job
     cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1, nt
+    cdef Py_ssize_t unit_groups
     cdef Py_ssize_t x_blocks
     cdef unsigned int fp_state
     if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
@@ -1017,13 +1039,21 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         job.recurrent_mask = <const float *>cnp.PyArray_DATA(recurrent_mask)
         job.dh_rec = _ptr(dh_rec)
 
-    # The sequential part: rows split across threads (each runs every step).
+    # The sequential part: rows split across threads (each runs every step) when
+    # each gets enough rows; else the hidden units, in groups of GRAD_BLOCK, with
+    # a barrier per step (as the forward).
     parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
-    if parts == 1:
-        _backprop_rows(&job, 0, B)
-    else:
+    unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
+    if parts > 1:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
-            _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1))
+            _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1),
+                           0, unit_groups, False)
+    elif n_threads > 1 and unit_groups > 1 and T * B * tc * H >= MIN_PARALLEL_WORK:
+        parts = min(n_threads, unit_groups)
+        with nogil, parallel(num_threads=parts):
+            _backprop_unit_split(&job, unit_groups)
+    else:
+        _backprop_rows(&job, 0, B, 0, unit_groups, False)
 
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).

@@ -72,7 +72,8 @@ def test_reference_gradients_with_mask_match_finite_differences(cell_name):
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("shape", [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (12, 17, 8, 70)])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (12, 17, 8, 70),
+                                   (6, 3, 8, 130)])
 @pytest.mark.parametrize("cell_name", CELLS)
 def test_kernels_match_reference(cell_name, shape, reverse, n_threads):
     cell = CELLS[cell_name]
