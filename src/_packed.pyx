@@ -137,7 +137,7 @@ cdef class PackedWeights:
     cdef readonly Py_ssize_t input_size, hidden_size, units, n_blocks, block_cols
     cdef readonly object weight_ih, weight_hh, bias, bias_hn
 
-    def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh):
+    def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh, int n_threads=1):
         G = gate_count(cell)
         H = weight_hh.shape[1]
         U = units_per_block(cell)
@@ -147,44 +147,47 @@ cdef class PackedWeights:
         self.units = U
         self.n_blocks = -(-H // U)
         self.block_cols = G * U
-        self.weight_ih = self._pack(weight_ih, G, H, U)
-        self.weight_hh = self._pack(weight_hh, G, H, U)
+        self.weight_ih = self._pack(weight_ih, G, H, U, n_threads)
+        self.weight_hh = self._pack(weight_hh, G, H, U, n_threads)
         bias, bias_hn = fused_biases(cell, bias_ih, bias_hh, H, np.float32)
-        self.bias = self._pack(bias[:, None], G, H, U).reshape(-1)
+        self.bias = self._pack(bias[:, None], G, H, U, 1).reshape(-1)
         self.bias_hn = None
         if bias_hn is not None:
             self.bias_hn = aligned_empty((self.n_blocks * U,))
             self.bias_hn[:H] = bias_hn
             self.bias_hn[H:] = 0
 
-    def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U):
+    def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U, int n_threads):
         """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
         unit block b (W's row g*H + b*U + j) cut into tiles of TILE columns,
         each stored k-major, so a tile's weights are contiguous."""
         weight = np.ascontiguousarray(weight, dtype=np.float32)
-        cdef Py_ssize_t K = weight.shape[1]
-        packed = aligned_empty((self.n_blocks * G * U // TILE, K, TILE))
+        cdef Py_ssize_t K = weight.shape[1], b, n_blocks = self.n_blocks
+        packed = aligned_empty((n_blocks * G * U // TILE, K, TILE))
         cdef const float *w = <const float *>cnp.PyArray_DATA(weight)
         cdef float *p = <float *>cnp.PyArray_DATA(packed)
+        cdef int threads = max(1, min(n_threads, n_blocks))
+        if n_blocks * G * U * K < MIN_PARALLEL_WORK:
+            threads = 1
         with nogil:
-            _pack_tiles(w, K, G, H, U, self.n_blocks, p)
+            for b in prange(n_blocks, num_threads=threads, schedule="static"):
+                _pack_block(w, K, G, H, U, b, p)
         return packed
 
 
-cdef void _pack_tiles(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py_ssize_t U,
-                      Py_ssize_t n_blocks, float *packed) noexcept nogil:
-    """PackedWeights._pack: each block's U rows of a gate are transposed into
-    their TILE-wide tile at column (g*U) % TILE; units past H are zeros."""
-    cdef Py_ssize_t b, g, k, rows, tiles_per_block = G * U // TILE
+cdef void _pack_block(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py_ssize_t U,
+                      Py_ssize_t b, float *packed) noexcept nogil:
+    """Block b of PackedWeights._pack: the block's U rows of each gate are
+    transposed into their TILE-wide tile at column (g*U) % TILE; units past H
+    are zeros."""
+    cdef Py_ssize_t g, k, rows = min(U, H - b * U), tiles_per_block = G * U // TILE
     cdef float *dst
-    for b in range(n_blocks):
-        rows = min(U, H - b * U)
-        for g in range(G):
-            dst = packed + (b * tiles_per_block + g * U // TILE) * K * TILE + g * U % TILE
-            fr_transpose(rows, K, weight + (g * H + b * U) * K, K, dst, TILE)
-            if rows < U:
-                for k in range(K):
-                    memset(dst + k * TILE + rows, 0, (U - rows) * sizeof(float))
+    for g in range(G):
+        dst = packed + (b * tiles_per_block + g * U // TILE) * K * TILE + g * U % TILE
+        fr_transpose(rows, K, weight + (g * H + b * U) * K, K, dst, TILE)
+        if rows < U:
+            for k in range(K):
+                memset(dst + k * TILE + rows, 0, (U - rows) * sizeof(float))
 
 
 def _buffer(workspace, name, shape, zero=False):
@@ -202,9 +205,9 @@ def _buffer(workspace, name, shape, zero=False):
     return array
 
 
-def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh):
+def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads=1):
     """Pack one layer direction's float32 weights for ``forward(..., packed=...)``."""
-    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh)
+    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads)
 
 
 cdef struct Job:
@@ -474,7 +477,7 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     if x.dtype != np.float32:
         raise TypeError(f"the packed kernels are float32 only, got {x.dtype}")
     if packed is None:
-        packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh)
+        packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads)
     elif (packed.cell, packed.input_size, packed.hidden_size) != (cell, I, H):
         raise ValueError("packed weights belong to another cell or shape")
     TB = T * B
