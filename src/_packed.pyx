@@ -434,8 +434,9 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                     _mask_state(job, r0, r1, k0, k1, h_new,
                                 job.hm + (t if job.reverse else t + 1) * B * H)
             step += 1
-            if job.split_hidden and n_threads > 1:
-                # Every thread reads all of h_new in the next step.
+            if job.split_hidden and n_threads > 1 and step < job.seq_len:
+                # Every thread reads all of h_new in the next step (after the last
+                # one, the end of the parallel region is the barrier).
                 fr_omp_barrier()
 
 
