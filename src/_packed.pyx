@@ -1045,14 +1045,16 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
 
     # The sequential part: rows split across threads (each runs every step) when
     # each gets enough rows; else the hidden units, in groups of GRAD_BLOCK, with
-    # a barrier per step (as the forward).
+    # a barrier per step (as the forward), when each thread gets at least one
+    # whole group (H=65 split 64 + 1 was slower than one thread).
     parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
     unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
     if parts > 1:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
             _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1),
                            0, unit_groups, False)
-    elif n_threads > 1 and unit_groups > 1 and T * B * tc * H >= MIN_PARALLEL_WORK:
+    elif (n_threads > 1 and H >= 2 * GRAD_BLOCK
+            and T * B * tc * H >= MIN_PARALLEL_WORK):
         parts = min(n_threads, unit_groups)
         with nogil, parallel(num_threads=parts):
             _backprop_unit_split(&job, unit_groups)

@@ -165,8 +165,8 @@ def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
     return result
 
 
-# (4, 2, 7, 100) and (9, 3, 20, 150): hidden units split across 2 threads in the
-# backward too (2 and 3 groups of 64 units, the last partial).
+# (9, 3, 20, 150): hidden units split across 2 threads in the backward too (3
+# groups of 64 units, the last partial).
 TRAIN_SHAPES = [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (30, 17, 8, 16), (4, 2, 7, 100),
                 (6, 5, 70, 33), (3, 1, 130, 65), (9, 3, 20, 150)]
 
