@@ -900,10 +900,11 @@ def _packed_order(cell, hidden_size, units):
     return block * G * units + gate * units + j
 
 
-def _source_rows(cell, hidden_size, units, total_cols):
-    """For each packed gate column, its PyTorch weight row (-1 for padding)."""
+def _source_rows(order, total_cols):
+    """The inverse of _packed_order: for each packed gate column, its PyTorch
+    weight row (-1 for padding)."""
     rows = np.full(total_cols, -1, np.int64)
-    rows[_packed_order(cell, hidden_size, units)] = np.arange(gate_count(cell) * hidden_size)
+    rows[order] = np.arange(order.shape[0])
     return rows
 
 
@@ -1013,7 +1014,8 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     gates = cache["gates"]
     grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
     # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
-    source_rows = _source_rows(cell, H, U, tc)
+    order = _packed_order(cell, H, U)
+    source_rows = _source_rows(order, tc)
     weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t", n_threads)
     weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t", n_threads)
     dh_other = np.empty_like(dh)
@@ -1119,7 +1121,6 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
 
     # Back to PyTorch's layout: transpose (fast, blocked), then add the rows in
     # PyTorch's order to the gradients.
-    order = _packed_order(cell, H, U)
     d_weight_ih = _buffer(workspace, "d_weight_ih", (tc, I))
     d_weight_hh = _buffer(workspace, "d_weight_hh", (tc, H))
     cdef float *p_dwi_rows = _ptr(d_weight_ih)
