@@ -47,8 +47,8 @@ def resolve_n_threads(n_threads):
         n_threads = _default_n_threads
         if n_threads is None:
             return _default_count()
-        if n_threads > 0 and _OPENMP:
-            return n_threads  # validated by set_num_threads
+    if type(n_threads) is int and n_threads > 0 and _OPENMP:
+        return n_threads  # the common case, first (a streaming step calls this)
     if not _OPENMP:
         return 1
     n_threads = _check_n_threads(n_threads)

@@ -619,15 +619,14 @@ class _RNNBase(_RecurrentBase):
             raise ValueError("step() needs a unidirectional layer: the reverse direction "
                              "needs the whole sequence")
         fast = not self.training and self._compiled_float32
-        if fast and type(x) is np.ndarray and x.ndim <= 2:
-            # The common case (float32 arrays, the state a previous step returned)
-            # checked and run at C level; anything else goes the long way below.
-            key = (x.shape[0] if x.ndim == 2 else 1, resolve_n_threads(self.n_threads))
-            steppers = self._steppers.get(key)
-            if steppers is not None:
-                result = _packed.step_stack(steppers, x, hx)
-                if result is not None:
-                    return result
+        if fast:
+            # The common case (float32 arrays, the state a previous step returned,
+            # Steppers made by an earlier step) checked and run at C level;
+            # anything else goes the long way below.
+            result = _packed.step_cached(self._steppers, x, hx,
+                                         resolve_n_threads(self._n_threads))
+            if result is not None:
+                return result
         if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = _as_float_array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
