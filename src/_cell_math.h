@@ -26,7 +26,14 @@
 #define FASTRNN_CLONES __attribute__((unused))
 #endif
 
-/* exp for float32, vectorisable. Arguments are clamped to [-87.3, 88.3] so the
+/* The argument range of fr_expf, [-87.3, 88.3]. A variable, not a literal, on
+ * purpose: with literal bounds GCC knows the result of every clamped lane and
+ * splits the vectorised sigmoid into masked halves, each with its own division
+ * (measured: 8 divisions for an LSTM unit's 5 activations instead of 5, and the
+ * pass 20% slower). Never written. */
+__attribute__((visibility("hidden"))) float fr_expf_range[2] = {-87.3f, 88.3f};
+
+/* exp for float32, vectorisable. Arguments are clamped to fr_expf_range so the
  * result stays a normal float (a denormal would slow the recurrence and the
  * activations below do not need it); NaN propagates. */
 static inline float fr_expf(float x)
@@ -37,8 +44,9 @@ static inline float fr_expf(float x)
     float n, r, p;
     int32_t bits;
     float scale;
-    x = x < -87.3f ? -87.3f : x;
-    x = x > 88.3f ? 88.3f : x;
+    const float lo = fr_expf_range[0], hi = fr_expf_range[1];
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
     n = (x * log2e + round_magic) - round_magic;
     r = x - n * ln2_hi;
     r = r - n * ln2_lo;
