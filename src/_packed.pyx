@@ -64,8 +64,13 @@ _ISA_NAMES = {v: k for k, v in ISAS.items()}
 # Rows of the hoisted input projection per chunk of steps (as in _recurrent).
 DEF PROJECTION_ROWS = 128
 # Split the batch across threads when each gets at least this many rows;
-# below, split the hidden units.
-DEF MIN_ROWS_PER_THREAD = 8
+# below, split the hidden units. A batch split has no barrier per step, and
+# this VM's cores are at times far apart (a per-step barrier and the exchange of
+# h then cost microseconds): LSTM B=8 H=128 on 2 threads took 0.28 ms split in
+# 4 + 4 rows against 0.30 ms split by hidden units when the cores were close,
+# and 0.33 against 0.52 ms when they were not. At B=4 and 6 the hidden split
+# stayed ahead (0.155 against 0.183 ms, 0.220 against 0.248 ms at 2 rows a thread).
+DEF MIN_ROWS_PER_THREAD = 4
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
