@@ -64,13 +64,19 @@ _ISA_NAMES = {v: k for k, v in ISAS.items()}
 # Rows of the hoisted input projection per chunk of steps (as in _recurrent).
 DEF PROJECTION_ROWS = 128
 # Split the batch across threads when each gets at least this many rows;
-# below, split the hidden units. A batch split has no barrier per step, and
-# this VM's cores are at times far apart (a per-step barrier and the exchange of
-# h then cost microseconds): LSTM B=8 H=128 on 2 threads took 0.28 ms split in
-# 4 + 4 rows against 0.30 ms split by hidden units when the cores were close,
-# and 0.33 against 0.52 ms when they were not. At B=4 and 6 the hidden split
-# stayed ahead (0.155 against 0.183 ms, 0.220 against 0.248 ms at 2 rows a thread).
-DEF MIN_ROWS_PER_THREAD = 4
+# below, split the hidden units (a barrier per step). The forward splits the
+# batch from 8 rows a thread, the BPTT from 4.
+# At B=8 a batch split has no per-step barrier: the LSTM forward B=8 H=128 on
+# 2 threads took 0.28 ms split 4 + 4 rows against 0.30 ms split by hidden units
+# when this VM's cores were close, 0.33 against 0.52 ms when they were not. But
+# with ONNX Runtime run in the same process just before, the scheduler at times
+# left our second thread queued on the caller's CPU, and the caller then spun
+# for a whole 4 ms tick in libgomp's end-of-region barrier (24-30 calls in 40
+# took 4 ms), while the hidden split took no such stall. So inference keeps
+# the hidden split at B=8; the BPTT (training step LSTM B=8 H=128 T=100, 2
+# threads: 1.80 -> 1.73 ms, GRU 1.39 -> 1.33 ms) splits the batch.
+DEF MIN_ROWS_PER_THREAD = 8
+DEF MIN_BPTT_ROWS_PER_THREAD = 4
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
@@ -1092,7 +1098,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     # each gets enough rows; else the hidden units, in groups of GRAD_BLOCK, with
     # a barrier per step (as the forward), when each thread gets at least one
     # whole group (H=65 split 64 + 1 was slower than one thread).
-    parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
+    parts = max(1, min(n_threads, B // MIN_BPTT_ROWS_PER_THREAD))
     unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
     if parts > 1:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
