@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 # _blas.pxd, _parallel.pxd, _gemm_split.pxi and the C headers hold only helpers that
 # compile into the kernels.
-MODULES = ["_openmp", "_recurrent", "_packed", "_timedelay", "_lnlstm"]
+MODULES = ["_aligned", "_openmp", "_recurrent", "_packed", "_timedelay", "_lnlstm"]
 
 
 def _compiler_supports_openmp(compiler):

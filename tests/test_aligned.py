@@ -20,6 +20,12 @@ def test_aligned_empty_shape_dtype_alignment(shape, dtype):
         assert a.sum() == a.size
 
 
+def test_aligned_empty_int_shape_and_negative_size():
+    assert aligned_empty(7, np.float64).shape == (7,)
+    with pytest.raises(ValueError, match="negative"):
+        aligned_empty((2, -1))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_layer_output_is_aligned(dtype):
     layer = fastrnn.LSTM(5, 7, num_layers=2, dtype=dtype)
