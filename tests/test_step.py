@@ -100,3 +100,31 @@ def test_step_state_layouts_give_the_same_step(name, batch):
         for got, want in zip(new_state if name == "lstm" else [new_state],
                              want_state if name == "lstm" else [want_state]):
             np.testing.assert_array_equal(got, want, err_msg=label)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_warm_step_path_batch_threads_and_fresh_results(name):
+    """Once Steppers exist (the C-level path), a new batch size or thread count
+    gets Steppers of its own, a bad x still gets the clear error, and every
+    result is a fresh array: editing one changes neither the next step nor the
+    state it returned."""
+    layer = _layer(name).eval()
+    rng = np.random.default_rng(4)
+    xs = {b: rng.standard_normal((3, b, 5)).astype(np.float32) for b in (2, 3)}
+    want = {b: layer(xs[b])[0] for b in (2, 3)}
+    states = {}
+    for t in range(3):
+        for b, n_threads in ((2, 1), (3, 1), (2, 2)):
+            layer.n_threads = n_threads
+            key = (b, n_threads)
+            out, state = layer.step(xs[b][t], states.get(key))
+            states[key] = state
+            np.testing.assert_allclose(out, want[b][t], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"batch {b}, {n_threads} threads, step {t}")
+            h = state[0] if name == "lstm" else state
+            np.testing.assert_array_equal(out, h[-1])
+            assert not np.shares_memory(out, h)
+            out[...] = np.nan  # the caller's array: must not leak into the state
+            assert not np.isnan(h).any()
+    with pytest.raises(ValueError, match=r"\(batch, 5\)"):
+        layer.step(np.zeros((2, 4), np.float32), states[(2, 1)])
