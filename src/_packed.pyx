@@ -54,9 +54,14 @@ cdef extern from "_packed_gemm.h" nogil:
     int fr_flush_denormals
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
-    void fr_omp_barrier()
     int fr_omp_num_threads()
     int fr_omp_thread_num()
+
+cdef extern from "_barrier.h" nogil:
+    ctypedef struct fr_barrier:
+        pass
+    void fr_barrier_init(fr_barrier *b)
+    void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
@@ -234,6 +239,8 @@ cdef struct Job:
     # products' blocks backwards, so each call starts on the weights the previous
     # one read last, still in cache (see fr_gemm_args).
     bint stream, stream_phase
+    # The per-step barrier of a hidden-unit split (see _barrier.h).
+    fr_barrier barrier
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
     # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
@@ -380,6 +387,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef float *c_prev = NULL
     cdef float *c_new = NULL
     cdef bint busy, backwards
+    cdef unsigned int barriers_passed = 0
     if job.split_hidden:
         r0, r1 = 0, B
         k0 = block_start(job.n_blocks, n_threads, tid)
@@ -452,7 +460,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
             if job.split_hidden and n_threads > 1 and step < job.seq_len:
                 # Every thread reads all of h_new in the next step (after the last
                 # one, the end of the parallel region is the barrier).
-                fr_omp_barrier()
+                fr_barrier_wait(<fr_barrier *>&job.barrier, n_threads, &barriers_passed)
 
 
 cdef void _launch(Job *job, int n_threads) noexcept nogil:
@@ -472,6 +480,7 @@ cdef void _launch(Job *job, int n_threads) noexcept nogil:
         job.split_hidden = False
         _run_thread(job, 0, 1)
     else:
+        fr_barrier_init(&job.barrier)
         with parallel(num_threads=threads):
             _run_thread(job, fr_omp_thread_num(), fr_omp_num_threads())
 
@@ -831,14 +840,15 @@ cdef struct BackJob:
     const int64_t *lengths
     const float *recurrent_mask   # (B, H) or NULL
     float *dh_rec                 # (B, H) scratch when recurrent_mask is set
+    fr_barrier barrier            # per step, when the hidden units are split
 
 
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
-                         Py_ssize_t j1, bint split) noexcept nogil:
+                         Py_ssize_t j1, int split) noexcept nogil:
     """BPTT for batch rows [r0, r1) and hidden units [j0, j1) * GRAD_BLOCK: on
     entry dh/dc hold dL/dh_n, dL/dc_n; on return dh holds dL/dh0 and dc dL/dc0
-    for these rows and units. With split, the other threads of the parallel
-    region own the other units (same rows): one barrier per step."""
+    for these rows and units. With split > 1, the other threads of the parallel
+    region (split in all) own the other units (same rows): one barrier per step."""
     cdef unsigned int fp_state = fr_ftz_enter()
     _backprop_steps(job, r0, r1, j0, j1, split)
     fr_ftz_leave(fp_state)
@@ -848,11 +858,11 @@ cdef void _backprop_unit_split(const BackJob *job, Py_ssize_t unit_groups) noexc
     """One thread's share of a hidden-unit split BPTT (inside a parallel region)."""
     cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
     _backprop_rows(job, 0, job.batch, block_start(unit_groups, threads, tid),
-                   block_start(unit_groups, threads, tid + 1), threads > 1)
+                   block_start(unit_groups, threads, tid + 1), threads)
 
 
 cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
-                          Py_ssize_t j1, bint split) noexcept nogil:
+                          Py_ssize_t j1, int split) noexcept nogil:
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
     cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
     # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
@@ -867,6 +877,7 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
     cdef float *dgh
     cdef const float *go
     cdef int gate_count = bc // U
+    cdef unsigned int barriers_passed = 0
     # Own units: [u_lo, u_hi), the unit blocks [k0, k1) (GRAD_BLOCK is a multiple
     # of U), and the same columns of dh_prev in the recurrent product.
     cdef Py_ssize_t u_lo = j0 * GRAD_BLOCK, u_hi = min(H, j1 * GRAD_BLOCK)
@@ -918,9 +929,9 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
                     memcpy(dgh + gs, g + gs, U * sizeof(float))
                     memcpy(dgh + 2 * gs, hn, n * sizeof(float))
                     memset(dgh + 2 * gs + n, 0, (U - n) * sizeof(float))
-        if split:
+        if split > 1:
             # The product reads every unit's gate gradients of step t.
-            fr_omp_barrier()
+            fr_barrier_wait(<fr_barrier *>&job.barrier, split, &barriers_passed)
         if job.recurrent_mask == NULL:
             # dh_prev[r0:r1, own units] += dgates_h[t, r0:r1] @ weight_hh[:, own units]
             # (gate rows in packed order)
@@ -1103,14 +1114,15 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     if parts > 1:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
             _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1),
-                           0, unit_groups, False)
+                           0, unit_groups, 0)
     elif (n_threads > 1 and H >= 2 * GRAD_BLOCK
             and T * B * tc * H >= MIN_PARALLEL_WORK):
         parts = min(n_threads, unit_groups)
+        fr_barrier_init(&job.barrier)
         with nogil, parallel(num_threads=parts):
             _backprop_unit_split(&job, unit_groups)
     else:
-        _backprop_rows(&job, 0, B, 0, unit_groups, False)
+        _backprop_rows(&job, 0, B, 0, unit_groups, 0)
 
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).

@@ -238,15 +238,6 @@ static inline unsigned int fr_ftz_enter(void) { return 0; }
 static inline void fr_ftz_leave(unsigned int old) { (void)old; }
 #endif
 
-/* An OpenMP barrier callable from a Cython parallel block (an orphaned
- * barrier binds to the innermost enclosing parallel region). */
-static void fr_omp_barrier(void)
-{
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-}
-
 static int fr_omp_num_threads(void)
 {
 #ifdef _OPENMP
