@@ -137,6 +137,20 @@ def check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, 
     return T, B, I, H, check_lengths(lengths, B, T)
 
 
+def check_recurrent_mask(recurrent_mask, training, batch, hidden_size, dtype):
+    """None, or the variational (recurrent) dropout mask as a C-contiguous
+    (batch, hidden_size) array of the dtype; training only."""
+    if recurrent_mask is None:
+        return None
+    if not training:
+        raise ValueError("recurrent_mask is for training (dropout is off in inference)")
+    recurrent_mask = np.ascontiguousarray(recurrent_mask, dtype=dtype)
+    if recurrent_mask.shape != (batch, hidden_size):
+        raise ValueError(f"recurrent_mask must have shape ({batch}, {hidden_size}), got "
+                         f"{recurrent_mask.shape}")
+    return recurrent_mask
+
+
 def check_backward_args(cell, seq_len, batch, hidden_size, dtype, x, weight_ih, weight_hh,
                         lengths, grad_out, out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih,
                         grad_weight_hh, grad_bias_ih, grad_bias_hh, n_threads):

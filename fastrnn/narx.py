@@ -286,11 +286,6 @@ class NARX(Module):
                 "hidden_size": list(self.hidden_sizes), "activation": self.activation,
                 "batch_first": self.batch_first, "dtype": self.dtype.name}
 
-    @classmethod
-    def from_config(cls, config):
-        """A fresh model (random weights) from ``get_config()``."""
-        return cls(**config)
-
     def extra_repr(self):
         return (f"input_size={self.input_size}, output_size={self.output_size}, "
                 f"input_delays={self.input_delays}, output_delays={self.output_delays}")

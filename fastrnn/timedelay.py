@@ -267,11 +267,6 @@ class TimeDelay(Module):
                 "activation": self.activation, "bias": self.has_bias,
                 "batch_first": self.batch_first, "dtype": self.dtype.name, "impl": self.impl}
 
-    @classmethod
-    def from_config(cls, config):
-        """A fresh layer (random weights) from ``get_config()``."""
-        return cls(**config)
-
     def extra_repr(self):
         text = f"{self.input_size}, {self.output_size}, delays={self.delays}"
         if self.dilation != 1:

@@ -32,8 +32,8 @@ import numpy as np
 cnp.import_array()
 
 from fastrnn._aligned import aligned_empty
-from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused_biases,
-                                 gate_count)
+from fastrnn._kernel_args import (check_backward_args, check_forward_args,
+                                 check_recurrent_mask, fused_biases, gate_count)
 
 cdef extern from "_packed_gemm.h" nogil:
     int fr_select_isa(int isa)
@@ -529,14 +529,9 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     h = _buffer(workspace, "h", (states, B, H))
     h[first] = h0
     hm = None
+    recurrent_mask = check_recurrent_mask(recurrent_mask, training, B, H, np.float32)
     if recurrent_mask is not None:
         # Variational dropout: h * mask feeds the recurrent product (see Job).
-        if not training:
-            raise ValueError("recurrent_mask is for training (dropout is off in inference)")
-        recurrent_mask = np.ascontiguousarray(recurrent_mask, dtype=np.float32)
-        if recurrent_mask.shape != (B, H):
-            raise ValueError(f"recurrent_mask must have shape ({B}, {H}), got "
-                             f"{recurrent_mask.shape}")
         hm = _buffer(workspace, "hm", (states, B, H))
         hm[first] = h[first] * recurrent_mask
     c = None
@@ -710,20 +705,22 @@ def step_layers(list steppers, x, h, c):
     return h_n[layers - 1].copy(), h_n, c_n
 
 
-cdef inline bint _is_state(a, Py_ssize_t layers, Py_ssize_t rows, Py_ssize_t cols,
-                           bint unbatched):
-    """a is a C-contiguous float32 ndarray of shape (layers, rows, cols), or
-    (layers, cols) when unbatched (rows is then 1)."""
-    cdef cnp.ndarray arr
-    if type(a) is not np.ndarray:
-        return False
-    arr = a
+cdef inline bint _state_layout(cnp.ndarray arr, Py_ssize_t layers, Py_ssize_t rows,
+                               Py_ssize_t cols, bint unbatched):
+    """arr is C-contiguous float32 of shape (layers, rows, cols), or (layers,
+    cols) when unbatched (rows is then 1)."""
     if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         return False
     if unbatched:
         return cnp.PyArray_NDIM(arr) == 2 and arr.shape[0] == layers and arr.shape[1] == cols
     return (cnp.PyArray_NDIM(arr) == 3 and arr.shape[0] == layers and arr.shape[1] == rows
             and arr.shape[2] == cols)
+
+
+cdef inline bint _is_state(a, Py_ssize_t layers, Py_ssize_t rows, Py_ssize_t cols,
+                           bint unbatched):
+    """a is an ndarray (not a subclass) in the layout of _state_layout."""
+    return type(a) is np.ndarray and _state_layout(a, layers, rows, cols, unbatched)
 
 
 def step_cached(dict steppers_by_key, x, hx, int n_threads):
@@ -796,13 +793,8 @@ def step_cached(dict steppers_by_key, x, hx, int n_threads):
 
 cdef inline _check_state_array(str name, a, Py_ssize_t layers, Py_ssize_t rows,
                                Py_ssize_t cols):
-    cdef cnp.ndarray arr
-    if isinstance(a, np.ndarray):
-        arr = a
-        if (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == 3
-                and arr.shape[0] == layers and arr.shape[1] == rows and arr.shape[2] == cols
-                and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
-            return
+    if isinstance(a, np.ndarray) and _state_layout(a, layers, rows, cols, False):
+        return
     raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
                      f"{(layers, rows, cols)}")
 

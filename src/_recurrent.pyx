@@ -32,8 +32,8 @@ from _cells cimport (GRU, LSTM, RNN_RELU, RNN_TANH, gru_backward_row_f32, gru_ba
 
 import numpy as np
 
-from fastrnn._kernel_args import (check_backward_args, check_forward_args, fused_biases,
-                                 gate_count)
+from fastrnn._kernel_args import (check_backward_args, check_forward_args,
+                                 check_recurrent_mask, fused_biases, gate_count)
 
 # Rows of the chunked input projection in inference: enough for an efficient
 # GEMM, small enough that the workspace is a constant times batch x gates x hidden.
@@ -452,13 +452,8 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     chunk = T if training else min(T, max(1, PROJECTION_ROWS // B))
     gates = np.empty((chunk, B, G * H), dtype)
     hm_seq = None
+    recurrent_mask = check_recurrent_mask(recurrent_mask, training, B, H, dtype)
     if recurrent_mask is not None:
-        if not training:
-            raise ValueError("recurrent_mask is for training (dropout is off in inference)")
-        recurrent_mask = np.ascontiguousarray(recurrent_mask, dtype=dtype)
-        if recurrent_mask.shape != (B, H):
-            raise ValueError(f"recurrent_mask must have shape ({B}, {H}), got "
-                             f"{recurrent_mask.shape}")
         hm_seq = np.empty_like(h_seq)
         hm_seq[first] = h_seq[first] * recurrent_mask
 
@@ -515,5 +510,5 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                                cache["h_seq"], cache["c_seq"], lengths, reverse, grad_out,
                                out_col, dh, dh_scratch, dc, grad_x, grad_weight_ih,
                                grad_weight_hh, grad_bias_ih, grad_bias_hh, bias_sums, n_threads,
-                              cache["hm_seq"], cache["recurrent_mask"], dh_rec)
+                               cache["hm_seq"], cache["recurrent_mask"], dh_rec)
     return dh, dc

@@ -9,27 +9,15 @@
 4. Edge shapes: batch 1, seq_len 1, hidden 1, hidden != input, seq_len 500.
 """
 import itertools
-import os
 
 import numpy as np
 import pytest
 
 import fastrnn
 
+from _slow import skip_slow_unless_asked  # noqa: F401 (autouse fixture)
+
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
-
-
-@pytest.fixture(autouse=True)
-def _skip_slow_unless_asked(request):
-    """Cases marked slow run only with FASTRNN_SLOW_TESTS=1 or ``-m slow``
-    (kept here as well so this file does not depend on a conftest)."""
-    if request.node.get_closest_marker("slow") is None:
-        return
-    asked = os.environ.get("FASTRNN_SLOW_TESTS", "") not in ("", "0")
-    markexpr = request.config.getoption("markexpr", "") or ""
-    asked = asked or ("slow" in markexpr and "not slow" not in markexpr)
-    if not asked:
-        pytest.skip("slow: set FASTRNN_SLOW_TESTS=1 or use -m slow")
 
 
 def layer_class_kwargs(cell):
