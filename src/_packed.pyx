@@ -51,6 +51,9 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
+    void fr_transpose_add_rows(Py_ssize_t K, Py_ssize_t c0, Py_ssize_t c1, const float *src,
+                               Py_ssize_t ld_src, const int64_t *dst_rows, float *dst,
+                               Py_ssize_t ld_dst)
     int fr_flush_denormals
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
@@ -1014,21 +1017,20 @@ cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssiz
         fr_transpose(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0, ld_dst)
 
 
-def _add_rows(grad, rows, order, int n_threads):
-    """grad += rows[order] (grad (R, K) C-contiguous float32, order (R,) int64
-    indices of rows), without the temporary of the NumPy expression."""
-    order = np.ascontiguousarray(order, dtype=np.int64)
-    cdef Py_ssize_t R = grad.shape[0], K = grad.shape[1], r, k
-    cdef float *g = _ptr(grad)
-    cdef const float *src = _ptr(rows)
-    cdef const int64_t *index = <const int64_t *>cnp.PyArray_DATA(order)
-    cdef int threads = max(1, min(n_threads, R // 16))
-    if R * K < MIN_PARALLEL_WORK:
-        threads = 1
-    with nogil:
-        for r in prange(R, num_threads=threads, schedule="static"):
-            for k in range(K):
-                g[r * K + k] += src[index[r] * K + k]
+cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
+                              const int64_t *dst_rows, float *dst,
+                              int n_threads) noexcept nogil:
+    """dst[dst_rows[c], :] += src[:, c] for the columns c of src (K, cols) with
+    dst_rows[c] >= 0 (fr_transpose_add_rows), the columns split across threads
+    in pieces of 8."""
+    cdef Py_ssize_t pieces = (cols + 7) // 8, part, parts
+    parts = max(1, min(n_threads, pieces))
+    if K * cols < MIN_PARALLEL_WORK:
+        parts = 1
+    for part in prange(parts, num_threads=parts, schedule="static"):
+        fr_transpose_add_rows(K, min(cols, 8 * block_start(pieces, parts, part)),
+                              min(cols, 8 * block_start(pieces, parts, part + 1)),
+                              src, cols, dst_rows, dst, K)
 
 
 def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
@@ -1172,17 +1174,14 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
                   x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
             fr_ftz_leave(fp_state)
 
-    # Back to PyTorch's layout: transpose (fast, blocked), then add the rows in
-    # PyTorch's order to the gradients.
-    d_weight_ih = _buffer(workspace, "d_weight_ih", (tc, I))
-    d_weight_hh = _buffer(workspace, "d_weight_hh", (tc, H))
-    cdef float *p_dwi_rows = _ptr(d_weight_ih)
-    cdef float *p_dwh_rows = _ptr(d_weight_hh)
+    # Back to PyTorch's layout, added to the gradients:
+    # grad_weight[source_rows[c]] += d_weight.T[:, c] for every packed column c.
+    cdef const int64_t *p_rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
+    cdef float *p_gwi = _ptr(grad_weight_ih)
+    cdef float *p_gwh = _ptr(grad_weight_hh)
     with nogil:
-        _transpose(I, tc, p_dwi, tc, p_dwi_rows, I, n_threads)
-        _transpose(H, tc, p_dwh, tc, p_dwh_rows, H, n_threads)
-    _add_rows(grad_weight_ih, d_weight_ih, order, n_threads)
-    _add_rows(grad_weight_hh, d_weight_hh, order, n_threads)
+        _transpose_add_rows(I, tc, p_dwi, p_rows, p_gwi, n_threads)
+        _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
     if grad_bias_ih is not None:
         grad_bias_ih += d_bias[0, order]
         grad_bias_hh += d_bias[1, order]

@@ -23,6 +23,7 @@
 #define FASTRNN_PACKED_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -207,6 +208,73 @@ static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdi
     }
 #endif
     fr_transpose_scalar(rows, cols, src, ld_src, dst, ld_dst);
+}
+
+/* dst[dst_rows[c], k] += src[k, c] for k < K and columns c in [c0, c1) whose
+ * dst_rows[c] >= 0 (padding columns are skipped): a weight gradient computed
+ * as (K, packed columns) added to the (rows, K) gradient in PyTorch's row
+ * order, in one pass (a transpose into a temporary and a gather-add moved the
+ * data three times). */
+static void fr_transpose_add_rows_scalar(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1,
+                                         const float *src, ptrdiff_t ld_src,
+                                         const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
+{
+    for (ptrdiff_t c = c0; c < c1; c++) {
+        if (dst_rows[c] < 0)
+            continue;
+        float *d = dst + dst_rows[c] * ld_dst;
+        for (ptrdiff_t k = 0; k < K; k++)
+            d[k] += src[k * ld_src + c];
+    }
+}
+
+#ifdef FR_HAVE_TRANSPOSE8
+/* Eight columns (destination rows) at a time, each destination row written in
+ * order along k. Measured on 650 x 2624: 1.9 ms against 4.1 ms for the
+ * transpose and the gather-add; 32 x 32 tiles of 8 x 8 blocks were slower. */
+static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
+    ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src, ptrdiff_t ld_src,
+    const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
+{
+    const ptrdiff_t K8 = K & ~(ptrdiff_t)7;
+    ptrdiff_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        float *d[8];
+        for (int i = 0; i < 8; i++)
+            d[i] = dst_rows[c + i] >= 0 ? dst + dst_rows[c + i] * ld_dst : NULL;
+        for (ptrdiff_t k = 0; k < K8; k += 8) {
+            float block[8 * 8];
+            fr_transpose8x8(src + k * ld_src + c, ld_src, block, 8);
+            for (int i = 0; i < 8; i++) {
+                if (d[i] == NULL)
+                    continue;
+                fr_v8 acc, add;
+                memcpy(&acc, d[i] + k, sizeof acc);
+                memcpy(&add, block + 8 * i, sizeof add);
+                acc += add;
+                memcpy(d[i] + k, &acc, sizeof acc);
+            }
+        }
+        for (int i = 0; i < 8; i++)
+            if (d[i] != NULL)
+                for (ptrdiff_t k = K8; k < K; k++)
+                    d[i][k] += src[k * ld_src + c + i];
+    }
+    fr_transpose_add_rows_scalar(K, c, c1, src, ld_src, dst_rows, dst, ld_dst);
+}
+#endif
+
+static void fr_transpose_add_rows(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src,
+                                  ptrdiff_t ld_src, const int64_t *dst_rows, float *dst,
+                                  ptrdiff_t ld_dst)
+{
+#ifdef FR_HAVE_TRANSPOSE8
+    if (fr_isa >= FR_ISA_AVX2) {
+        fr_transpose_add_rows_avx2(K, c0, c1, src, ld_src, dst_rows, dst, ld_dst);
+        return;
+    }
+#endif
+    fr_transpose_add_rows_scalar(K, c0, c1, src, ld_src, dst_rows, dst, ld_dst);
 }
 
 /* Flush-to-zero and denormals-are-zero for the calling thread, for the length of

@@ -5,10 +5,13 @@
 typedef FR_V FR_SFX(fr_vec);
 
 /* acc[r][v] (+)= sum_k A[r, k] * P[k, v*W : (v+1)*W] for r < mr (a compile-time
- * constant after inlining, so the accumulators live in registers). */
+ * constant after inlining, so the accumulators live in registers). A's k runs
+ * in segments of seg_k columns, seg_stride apart (one segment when seg_k >= K):
+ * a k-blocked A is summed over several of its blocks without storing C. */
 static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
-    const int mr, ptrdiff_t K, const float *restrict A, ptrdiff_t lda,
-    const float *restrict P, ptrdiff_t ldp, float *restrict C, ptrdiff_t ldc, int accumulate)
+    const int mr, ptrdiff_t K, const float *restrict A, ptrdiff_t lda, ptrdiff_t seg_k,
+    ptrdiff_t seg_stride, const float *restrict P, ptrdiff_t ldp, float *restrict C,
+    ptrdiff_t ldc, int accumulate)
 {
     FR_SFX(fr_vec) acc[FR_MR][FR_NV];
 #pragma GCC unroll 8
@@ -20,17 +23,22 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
             else
                 acc[r][v] = (FR_SFX(fr_vec)){0};
         }
-    for (ptrdiff_t k = 0; k < K; k++) {
-        FR_SFX(fr_vec) b[FR_NV];
-#pragma GCC unroll 8
-        for (int v = 0; v < FR_NV; v++)
-            memcpy(&b[v], P + k * ldp + v * FR_W, sizeof(FR_SFX(fr_vec)));
-#pragma GCC unroll 8
-        for (int r = 0; r < mr; r++) {
-            FR_SFX(fr_vec) a = (FR_SFX(fr_vec)){0} + A[r * lda + k];
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += seg_k, A += seg_stride, P += seg_k * ldp) {
+        const ptrdiff_t kn = K - k0 < seg_k ? K - k0 : seg_k;
+        for (ptrdiff_t k = 0; k < kn; k++) {
+            FR_SFX(fr_vec) b[FR_NV];
 #pragma GCC unroll 8
             for (int v = 0; v < FR_NV; v++)
-                acc[r][v] += a * b[v];
+                memcpy(&b[v], P + k * ldp + v * FR_W, sizeof(FR_SFX(fr_vec)));
+#pragma GCC unroll 8
+            for (int r = 0; r < mr; r++) {
+                /* x - 0 is x for every x (x + 0 is not, for -0), so GCC
+                 * folds it and broadcasts straight from memory. */
+                FR_SFX(fr_vec) a = A[r * lda + k] - (FR_SFX(fr_vec)){0};
+#pragma GCC unroll 8
+                for (int v = 0; v < FR_NV; v++)
+                    acc[r][v] += a * b[v];
+            }
         }
     }
 #pragma GCC unroll 8
@@ -45,8 +53,8 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
  * Out of line: it is the rare edge, and keeping it apart keeps the hot tile
  * loop small. */
 static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
-    int mr, ptrdiff_t kc, const float *A, ptrdiff_t lda, const float *Pt,
-    ptrdiff_t ldp, float *C, ptrdiff_t ldc, ptrdiff_t valid, int acc)
+    int mr, ptrdiff_t kc, const float *A, ptrdiff_t lda, ptrdiff_t seg_k, ptrdiff_t seg_stride,
+    const float *Pt, ptrdiff_t ldp, float *C, ptrdiff_t ldc, ptrdiff_t valid, int acc)
 {
     enum { TILE = FR_NV * FR_W };
     float tmp[FR_MR * TILE];
@@ -56,15 +64,15 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
     /* A constant row count per case, so the accumulators stay in registers. */
     switch (mr) {
 #if FR_MR > 5
-    case 6: FR_SFX(fr_tile)(6, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    case 6: FR_SFX(fr_tile)(6, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
 #endif
 #if FR_MR > 4
-    case 5: FR_SFX(fr_tile)(5, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    case 5: FR_SFX(fr_tile)(5, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
 #endif
-    case 4: FR_SFX(fr_tile)(4, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
-    case 3: FR_SFX(fr_tile)(3, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
-    case 2: FR_SFX(fr_tile)(2, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
-    default: FR_SFX(fr_tile)(1, kc, A, lda, Pt, ldp, tmp, TILE, 1); break;
+    case 4: FR_SFX(fr_tile)(4, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    case 3: FR_SFX(fr_tile)(3, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    case 2: FR_SFX(fr_tile)(2, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    default: FR_SFX(fr_tile)(1, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
     }
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < valid; c++)
@@ -91,9 +99,13 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
      * (about 32 KB) while every row tile of A passes over it. A k-blocked A
      * needs chunks that do not cross its blocks. */
     const ptrdiff_t tile_cols = FR_NV * FR_W;
-    ptrdiff_t k_chunk = 8192 / tile_cols;
-    if (a_block_k > 0)
-        k_chunk = a_block_k % 64 == 0 ? 64 : a_block_k;
+    ptrdiff_t k_chunk = 8192 / tile_cols, seg_k = k_chunk, seg_stride = 0;
+    if (a_block_k > 0) {
+        /* Whole blocks of A per chunk: the tile walks them as segments. */
+        seg_k = a_block_k;
+        seg_stride = a_block_stride;
+        k_chunk = k_chunk > a_block_k ? k_chunk / a_block_k * a_block_k : a_block_k;
+    }
     for (ptrdiff_t bi = 0; bi < n_blocks; bi++) {
         const ptrdiff_t blk = g->reverse_blocks ? n_blocks - 1 - bi : bi;
         const float *Pb = P + blk * K * bc;
@@ -106,8 +118,7 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
                 const ptrdiff_t kc = K - k0 < k_chunk ? K - k0 : k_chunk;
                 const int acc = accumulate || k0 > 0;
                 const float *Pt = Pb + k0 * bc + c0;
-                const float *Ak = a_block_k > 0
-                    ? A + (k0 / a_block_k) * a_block_stride + k0 % a_block_k : A + k0;
+                const float *Ak = a_block_k > 0 ? A + (k0 / a_block_k) * a_block_stride : A + k0;
                 /* Full row tiles, but the last two share the remainder (8 rows:
                  * 4 + 4, not 6 + 2): a short tile does as many loads as a full one
                  * for fewer FMAs. */
@@ -120,15 +131,15 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
                     float *Cr = Cb + r0 * ldc + c0;
                     switch (mr) {
 #if FR_MR > 5
-                    case 6: FR_TILE_ANY(6, kc, Ar, lda, Pt, bc, Cr, ldc); break;
+                    case 6: FR_TILE_ANY(6, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
 #endif
 #if FR_MR > 4
-                    case 5: FR_TILE_ANY(5, kc, Ar, lda, Pt, bc, Cr, ldc); break;
+                    case 5: FR_TILE_ANY(5, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
 #endif
-                    case 4: FR_TILE_ANY(4, kc, Ar, lda, Pt, bc, Cr, ldc); break;
-                    case 3: FR_TILE_ANY(3, kc, Ar, lda, Pt, bc, Cr, ldc); break;
-                    case 2: FR_TILE_ANY(2, kc, Ar, lda, Pt, bc, Cr, ldc); break;
-                    case 1: FR_TILE_ANY(1, kc, Ar, lda, Pt, bc, Cr, ldc); break;
+                    case 4: FR_TILE_ANY(4, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
+                    case 3: FR_TILE_ANY(3, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
+                    case 2: FR_TILE_ANY(2, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
+                    case 1: FR_TILE_ANY(1, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
                     default: break;
                     }
                 }
