@@ -150,13 +150,17 @@ cdef class PackedWeights:
     """A layer direction's weights in the packed layout of _packed_gemm.h.
 
     Its arrays are built here (C-contiguous float32 of the shapes the kernels
-    read) and cannot be replaced from Python.
+    read) and cannot be replaced from Python. With a ``workspace`` (see
+    _buffer) the packed weights reuse its arrays: training packs on every
+    forward, and fresh multi-megabyte arrays each time cost page faults (on
+    this machine about as much as the packing).
     """
     cdef readonly int cell
     cdef readonly Py_ssize_t input_size, hidden_size, units, n_blocks, block_cols
     cdef readonly object weight_ih, weight_hh, bias, bias_hn
 
-    def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh, int n_threads=1):
+    def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh, int n_threads=1,
+                 workspace=None):
         G = gate_count(cell)
         H = weight_hh.shape[1]
         U = units_per_block(cell)
@@ -166,23 +170,24 @@ cdef class PackedWeights:
         self.units = U
         self.n_blocks = -(-H // U)
         self.block_cols = G * U
-        self.weight_ih = self._pack(weight_ih, G, H, U, n_threads)
-        self.weight_hh = self._pack(weight_hh, G, H, U, n_threads)
+        self.weight_ih = self._pack(weight_ih, G, H, U, n_threads, workspace, "packed_ih")
+        self.weight_hh = self._pack(weight_hh, G, H, U, n_threads, workspace, "packed_hh")
         bias, bias_hn = fused_biases(cell, bias_ih, bias_hh, H, np.float32)
-        self.bias = self._pack(bias[:, None], G, H, U, 1).reshape(-1)
+        self.bias = self._pack(bias[:, None], G, H, U, 1, None, None).reshape(-1)
         self.bias_hn = None
         if bias_hn is not None:
             self.bias_hn = aligned_empty((self.n_blocks * U,))
             self.bias_hn[:H] = bias_hn
             self.bias_hn[H:] = 0
 
-    def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U, int n_threads):
+    def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U, int n_threads, workspace,
+              name):
         """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
         unit block b (W's row g*H + b*U + j) cut into tiles of TILE columns,
         each stored k-major, so a tile's weights are contiguous."""
         weight = np.ascontiguousarray(weight, dtype=np.float32)
         cdef Py_ssize_t K = weight.shape[1], b, n_blocks = self.n_blocks
-        packed = aligned_empty((n_blocks * G * U // TILE, K, TILE))
+        packed = _buffer(workspace, name, (n_blocks * G * U // TILE, K, TILE))
         cdef const float *w = <const float *>cnp.PyArray_DATA(weight)
         cdef float *p = <float *>cnp.PyArray_DATA(packed)
         cdef int threads = max(1, min(n_threads, n_blocks))
@@ -228,9 +233,9 @@ def _buffer(workspace, name, shape, zero=False):
     return array
 
 
-def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads=1):
+def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads=1, workspace=None):
     """Pack one layer direction's float32 weights for ``forward(..., packed=...)``."""
-    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads)
+    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads, workspace)
 
 
 cdef struct Job:
@@ -505,7 +510,8 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     if x.dtype != np.float32:
         raise TypeError(f"the packed kernels are float32 only, got {x.dtype}")
     if packed is None:
-        packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads)
+        packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads,
+                              workspace)
     elif (packed.cell, packed.input_size, packed.hidden_size) != (cell, I, H):
         raise ValueError("packed weights belong to another cell or shape")
     TB = T * B
