@@ -72,19 +72,19 @@ _ISA_NAMES = {v: k for k, v in ISAS.items()}
 # Rows of the hoisted input projection per chunk of steps (as in _recurrent).
 DEF PROJECTION_ROWS = 128
 # Split the batch across threads when each gets at least this many rows;
-# below, split the hidden units (a barrier per step). The forward splits the
-# batch from 8 rows a thread, the BPTT from 4.
-# At B=8 a batch split has no per-step barrier: the LSTM forward B=8 H=128 on
-# 2 threads took 0.28 ms split 4 + 4 rows against 0.30 ms split by hidden units
-# when this VM's cores were close, 0.33 against 0.52 ms when they were not. But
-# with ONNX Runtime run in the same process just before, the scheduler at times
-# left our second thread queued on the caller's CPU, and the caller then spun
-# for a whole 4 ms tick in libgomp's end-of-region barrier (24-30 calls in 40
-# took 4 ms), while the hidden split took no such stall. So inference keeps
-# the hidden split at B=8; the BPTT (training step LSTM B=8 H=128 T=100, 2
-# threads: 1.80 -> 1.73 ms, GRU 1.39 -> 1.33 ms) splits the batch.
-DEF MIN_ROWS_PER_THREAD = 8
-DEF MIN_BPTT_ROWS_PER_THREAD = 4
+# below, split the hidden units (a barrier per step). Forward and BPTT both
+# split the batch from 4 rows a thread (from 2, the hidden split stayed ahead:
+# B=4 0.155 against 0.183 ms, B=6 0.220 against 0.248 ms).
+# At B=8 a batch split has no per-step barrier nor exchange of h between the
+# cores. LSTM forward B=8 H=128 T=50 on 2 threads, split 4 + 4 rows against
+# split by hidden units: 0.276 against 0.297 ms interleaved (GRU 0.197 against
+# 0.216) when this VM's cores were close, 0.33 against 0.52 ms when they were
+# not. With ONNX Runtime run in the same process just before each call, both
+# splits had the same share of calls stalled for a 4 ms scheduler tick (8 of 40,
+# four runs each; its pool's threads still spin on the other CPU; the bench
+# waits for them to go idle). Training step LSTM B=8 H=128 T=100, 2 threads:
+# 1.80 -> 1.73 ms, GRU 1.39 -> 1.33 ms.
+DEF MIN_ROWS_PER_THREAD = 4
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
@@ -1109,7 +1109,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     # each gets enough rows; else the hidden units, in groups of GRAD_BLOCK, with
     # a barrier per step (as the forward), when each thread gets at least one
     # whole group (H=65 split 64 + 1 was slower than one thread).
-    parts = max(1, min(n_threads, B // MIN_BPTT_ROWS_PER_THREAD))
+    parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
     unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
     if parts > 1:
         for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
