@@ -33,8 +33,20 @@
 #define FR_CPU_RELAX() ((void)0)
 #endif
 
-/* Rounds of spinning before yielding: libgomp's default GOMP_SPINCOUNT. */
+/* Rounds of spinning before yielding: libgomp's default GOMP_SPINCOUNT
+ * (a `pause` takes about 23 ns on this VM, so about 7 ms). */
 #define FR_BARRIER_SPINS 300000
+
+/* Rounds before yielding at the end of a batch split (fr_barrier_finish),
+ * about 50 us. Each thread runs its rows with no barrier until the end of the
+ * region; there libgomp's own barrier spins as long as above. In the bench,
+ * right after ONNX Runtime's pool had spun on the other CPU, the scheduler at
+ * times queued our second thread on the caller's CPU, and every call then took
+ * a whole 4 ms tick while the caller spun (2-thread forward at batch 8, 4 ms
+ * medians in 2 of 8 runs of the rows). Yielding after this short spin lets the
+ * queued thread run there instead: 0 such runs in 14, and medians as low as
+ * with the hidden split or lower. */
+#define FR_FINISH_SPINS 2000
 
 /* The two counters 64 bytes apart, so on separate cache lines (the struct
  * lives in a Python object or on a stack, neither aligned to a line). */
@@ -52,8 +64,10 @@ static void fr_barrier_init(fr_barrier *b)
 }
 
 /* n_threads: the region's team size; *passed: the calling thread's count of
- * barriers passed, 0 at the start of the region. */
-static void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
+ * barriers passed, 0 at the start of the region; max_spins: rounds of spinning
+ * before yielding. */
+static void fr_barrier_wait_spins(fr_barrier *b, int n_threads, unsigned int *passed,
+                                  long max_spins)
 {
     const unsigned int next = ++*passed;
     if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == n_threads - 1) {
@@ -63,13 +77,26 @@ static void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
     }
     long spins = 0;
     while (atomic_load_explicit(&b->phase, memory_order_acquire) != next) {
-        if (spins < FR_BARRIER_SPINS) {
+        if (spins < max_spins) {
             spins++;
             FR_CPU_RELAX();
         } else {
             sched_yield();
         }
     }
+}
+
+/* The per-step barrier. */
+static void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
+{
+    fr_barrier_wait_spins(b, n_threads, passed, FR_BARRIER_SPINS);
+}
+
+/* The last barrier of a region whose threads had none before (a batch split). */
+static void fr_barrier_finish(fr_barrier *b, int n_threads)
+{
+    unsigned int passed = 0;
+    fr_barrier_wait_spins(b, n_threads, &passed, FR_FINISH_SPINS);
 }
 
 #endif

@@ -65,6 +65,7 @@ cdef extern from "_barrier.h" nogil:
         pass
     void fr_barrier_init(fr_barrier *b)
     void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
+    void fr_barrier_finish(fr_barrier *b, int n_threads)
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
@@ -79,11 +80,10 @@ DEF PROJECTION_ROWS = 128
 # cores. LSTM forward B=8 H=128 T=50 on 2 threads, split 4 + 4 rows against
 # split by hidden units: 0.276 against 0.297 ms interleaved (GRU 0.197 against
 # 0.216) when this VM's cores were close, 0.33 against 0.52 ms when they were
-# not. With ONNX Runtime run in the same process just before each call, both
-# splits had the same share of calls stalled for a 4 ms scheduler tick (8 of 40,
-# four runs each; its pool's threads still spin on the other CPU; the bench
-# waits for them to go idle). Training step LSTM B=8 H=128 T=100, 2 threads:
-# 1.80 -> 1.73 ms, GRU 1.39 -> 1.33 ms.
+# not; training step LSTM B=8 H=128 T=100: 1.80 -> 1.73 ms. Its threads meet
+# once, at the end, in fr_barrier_finish, which yields early: with libgomp's
+# end-of-region barrier alone, runs of the bench after ONNX Runtime at times
+# took a 4 ms scheduler tick in every call (see _barrier.h).
 DEF MIN_ROWS_PER_THREAD = 4
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
@@ -247,7 +247,8 @@ cdef struct Job:
     # products' blocks backwards, so each call starts on the weights the previous
     # one read last, still in cache (see fr_gemm_args).
     bint stream, stream_phase
-    # The per-step barrier of a hidden-unit split (see _barrier.h).
+    # The per-step barrier of a hidden-unit split, the last one of a batch split
+    # (see _barrier.h).
     fr_barrier barrier
     Py_ssize_t seq_len, batch, input_size, hidden_size, U, block_cols, n_blocks, total_cols
     Py_ssize_t chunk, out_ld, out_col
@@ -381,6 +382,9 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef unsigned int fp_state = fr_ftz_enter()
     _run_steps(job, tid, n_threads)
     fr_ftz_leave(fp_state)
+    if n_threads > 1 and not job.split_hidden:
+        # A batch split's threads meet only here (see fr_barrier_finish).
+        fr_barrier_finish(<fr_barrier *>&job.barrier, n_threads)
 
 
 cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
@@ -841,7 +845,8 @@ cdef struct BackJob:
     const int64_t *lengths
     const float *recurrent_mask   # (B, H) or NULL
     float *dh_rec                 # (B, H) scratch when recurrent_mask is set
-    fr_barrier barrier            # per step, when the hidden units are split
+    # Per step when the hidden units are split; at the end of a batch split.
+    fr_barrier barrier
 
 
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
@@ -853,6 +858,15 @@ cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ss
     cdef unsigned int fp_state = fr_ftz_enter()
     _backprop_steps(job, r0, r1, j0, j1, split)
     fr_ftz_leave(fp_state)
+
+
+cdef void _backprop_batch_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
+    """One thread's rows of a batch split BPTT (inside a parallel region)."""
+    cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
+    _backprop_rows(job, block_start(job.batch, threads, tid),
+                   block_start(job.batch, threads, tid + 1), 0, unit_groups, 0)
+    if threads > 1:
+        fr_barrier_finish(<fr_barrier *>&job.barrier, threads)
 
 
 cdef void _backprop_unit_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
@@ -1112,9 +1126,9 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
     unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
     if parts > 1:
-        for part in prange(parts, num_threads=parts, schedule="static", nogil=True):
-            _backprop_rows(&job, block_start(B, parts, part), block_start(B, parts, part + 1),
-                           0, unit_groups, 0)
+        fr_barrier_init(&job.barrier)
+        with nogil, parallel(num_threads=parts):
+            _backprop_batch_split(&job, unit_groups)
     elif (n_threads > 1 and H >= 2 * GRAD_BLOCK
             and T * B * tc * H >= MIN_PARALLEL_WORK):
         parts = min(n_threads, unit_groups)
