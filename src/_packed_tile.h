@@ -97,11 +97,10 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
     const int accumulate = g->accumulate;
     /* A slice of the packed weights (k_chunk x tile columns) stays in L1
      * (about 32 KB) while every row tile of A passes over it. A k-blocked A
-     * needs chunks that do not cross its blocks. */
+     * gets chunks of whole blocks, which the tile walks as segments. */
     const ptrdiff_t tile_cols = FR_NV * FR_W;
     ptrdiff_t k_chunk = 8192 / tile_cols, seg_k = k_chunk, seg_stride = 0;
     if (a_block_k > 0) {
-        /* Whole blocks of A per chunk: the tile walks them as segments. */
         seg_k = a_block_k;
         seg_stride = a_block_stride;
         k_chunk = k_chunk > a_block_k ? k_chunk / a_block_k * a_block_k : a_block_k;
