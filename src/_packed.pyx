@@ -63,9 +63,11 @@ cdef extern from "_packed_gemm.h" nogil:
 cdef extern from "_barrier.h" nogil:
     ctypedef struct fr_barrier:
         pass
+    int FR_FLAG_THREADS
+    int fr_barrier_flag_threads
     void fr_barrier_init(fr_barrier *b)
-    void fr_barrier_wait(fr_barrier *b, int n_threads, unsigned int *passed)
-    void fr_barrier_finish(fr_barrier *b, int n_threads)
+    void fr_barrier_wait(fr_barrier *b, int n_threads, int tid, unsigned int *passed)
+    void fr_barrier_finish(fr_barrier *b, int n_threads, int tid)
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
@@ -103,6 +105,17 @@ def get_flush_denormals():
 
 
 set_flush_denormals(os.environ.get("FASTRNN_FLUSH_DENORMALS", "0") not in ("", "0"))
+
+
+def _set_barrier_flag_threads(int n):
+    """For tests: teams of up to n threads (0..8) use the per-thread flags of
+    _barrier.h, larger ones the counter. Returns the previous value."""
+    global fr_barrier_flag_threads
+    if not 0 <= n <= FR_FLAG_THREADS:
+        raise ValueError(f"n must be in 0..{FR_FLAG_THREADS}, got {n}")
+    previous = fr_barrier_flag_threads
+    fr_barrier_flag_threads = n
+    return previous
 
 
 def _fp_control_word():
@@ -384,7 +397,7 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     fr_ftz_leave(fp_state)
     if n_threads > 1 and not job.split_hidden:
         # A batch split's threads meet only here (see fr_barrier_finish).
-        fr_barrier_finish(<fr_barrier *>&job.barrier, n_threads)
+        fr_barrier_finish(<fr_barrier *>&job.barrier, n_threads, tid)
 
 
 cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
@@ -472,7 +485,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
             if job.split_hidden and n_threads > 1 and step < job.seq_len:
                 # Every thread reads all of h_new in the next step (after the last
                 # one, the end of the parallel region is the barrier).
-                fr_barrier_wait(<fr_barrier *>&job.barrier, n_threads, &barriers_passed)
+                fr_barrier_wait(<fr_barrier *>&job.barrier, n_threads, tid, &barriers_passed)
 
 
 cdef void _launch(Job *job, int n_threads) noexcept nogil:
@@ -850,13 +863,14 @@ cdef struct BackJob:
 
 
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
-                         Py_ssize_t j1, int split) noexcept nogil:
+                         Py_ssize_t j1, int split, int tid) noexcept nogil:
     """BPTT for batch rows [r0, r1) and hidden units [j0, j1) * GRAD_BLOCK: on
     entry dh/dc hold dL/dh_n, dL/dc_n; on return dh holds dL/dh0 and dc dL/dc0
     for these rows and units. With split > 1, the other threads of the parallel
-    region (split in all) own the other units (same rows): one barrier per step."""
+    region (split in all; this one is number tid) own the other units (same
+    rows): one barrier per step."""
     cdef unsigned int fp_state = fr_ftz_enter()
-    _backprop_steps(job, r0, r1, j0, j1, split)
+    _backprop_steps(job, r0, r1, j0, j1, split, tid)
     fr_ftz_leave(fp_state)
 
 
@@ -864,20 +878,20 @@ cdef void _backprop_batch_split(const BackJob *job, Py_ssize_t unit_groups) noex
     """One thread's rows of a batch split BPTT (inside a parallel region)."""
     cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
     _backprop_rows(job, block_start(job.batch, threads, tid),
-                   block_start(job.batch, threads, tid + 1), 0, unit_groups, 0)
+                   block_start(job.batch, threads, tid + 1), 0, unit_groups, 0, tid)
     if threads > 1:
-        fr_barrier_finish(<fr_barrier *>&job.barrier, threads)
+        fr_barrier_finish(<fr_barrier *>&job.barrier, threads, tid)
 
 
 cdef void _backprop_unit_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
     """One thread's share of a hidden-unit split BPTT (inside a parallel region)."""
     cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
     _backprop_rows(job, 0, job.batch, block_start(unit_groups, threads, tid),
-                   block_start(unit_groups, threads, tid + 1), threads)
+                   block_start(unit_groups, threads, tid + 1), threads, tid)
 
 
 cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
-                          Py_ssize_t j1, int split) noexcept nogil:
+                          Py_ssize_t j1, int split, int tid) noexcept nogil:
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
     cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
     # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
@@ -946,7 +960,7 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
                     memset(dgh + 2 * gs + n, 0, (U - n) * sizeof(float))
         if split > 1:
             # The product reads every unit's gate gradients of step t.
-            fr_barrier_wait(<fr_barrier *>&job.barrier, split, &barriers_passed)
+            fr_barrier_wait(<fr_barrier *>&job.barrier, split, tid, &barriers_passed)
         if job.recurrent_mask == NULL:
             # dh_prev[r0:r1, own units] += dgates_h[t, r0:r1] @ weight_hh[:, own units]
             # (gate rows in packed order)
@@ -1136,7 +1150,7 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         with nogil, parallel(num_threads=parts):
             _backprop_unit_split(&job, unit_groups)
     else:
-        _backprop_rows(&job, 0, B, 0, unit_groups, 0)
+        _backprop_rows(&job, 0, B, 0, unit_groups, 0, 0)
 
     # The products over all steps. Operands that must be row-major with the
     # steps as the inner dimension are transposed copies (x.T, h_before.T).

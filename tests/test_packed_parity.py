@@ -166,8 +166,8 @@ def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
 
 
 # (9, 3, 20, 150): hidden units split across 2 threads in the backward too (3
-# groups of 64 units, the last partial); (7, 9, 5, 40): the backward's batch
-# split in 4 + 5 rows on 2 threads (the forward splits the hidden units).
+# groups of 64 units, the last partial); (7, 9, 5, 40): the batch split in 4 + 5
+# rows on 2 threads, forward and backward.
 TRAIN_SHAPES = [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (7, 9, 5, 40), (30, 17, 8, 16),
                 (4, 2, 7, 100), (6, 5, 70, 33), (3, 1, 130, 65), (9, 3, 20, 150)]
 
@@ -189,8 +189,15 @@ def test_packed_training_matches_reference(isa, cell_name, shape, bias, with_len
     if with_lengths:
         lengths = np.random.default_rng(T * B).integers(1, T + 1, B)
     got = _train(_packed, cell, problem, lengths, reverse, n_threads)
+    _assert_training_close(got, _train_reference(cell, problem, lengths, reverse))
+
+
+def _train_reference(cell, problem, lengths, reverse):
     problem64 = [None if a is None else a.astype(np.float64) for a in problem]
-    want = _train(reference, cell, problem64, lengths, reverse, 1)
+    return _train(reference, cell, problem64, lengths, reverse, 1)
+
+
+def _assert_training_close(got, want):
     for name, expected in want.items():
         if expected is None:
             assert got[name] is None, name
@@ -202,6 +209,33 @@ def test_packed_training_matches_reference(isa, cell_name, shape, bias, with_len
         err = np.max(np.abs(actual - expected)) if actual.size else 0.0
         assert np.allclose(actual, expected, rtol=1e-4, atol=1e-4), \
             f"{name}: max abs error {err:.3g}"
+
+
+@pytest.fixture(params=["flags", "counter"])
+def barrier(request):
+    """The per-step barrier of _barrier.h in its two kinds: a flag per thread
+    (teams of up to 8) or an arrival counter (larger teams), here on two."""
+    previous = _packed._set_barrier_flag_threads(8 if request.param == "flags" else 0)
+    yield request.param
+    _packed._set_barrier_flag_threads(previous)
+
+
+# Hidden units split in the forward and the backward (a barrier per step; B=1
+# over 5 blocks of LSTM units), and the batch split (one barrier, at the end).
+@pytest.mark.parametrize("shape", [(9, 3, 20, 150), (40, 1, 8, 70), (7, 9, 5, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("cell_name", CELLS)
+def test_barriers_on_two_threads(barrier, cell_name, shape):
+    cell = CELLS[cell_name]
+    problem = _problem(cell, *shape, bias=True)
+    got = _run(_packed, cell, problem, None, False, 2)
+    want = _run(reference, cell, problem, None, False, 1)
+    for name, actual, expected in zip(("out", "h_n", "c_n"), got, want):
+        if expected is not None:
+            _assert_close(name, actual[..., 2:-1] if name == "out" else actual,
+                          expected[..., 2:-1] if name == "out" else expected)
+    _assert_training_close(_train(_packed, cell, problem, None, False, 2),
+                           _train_reference(cell, problem, None, False))
 
 
 def test_packed_backward_consumes_its_cache():
