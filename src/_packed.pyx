@@ -58,6 +58,7 @@ cdef extern from "_packed_gemm.h" nogil:
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
     int fr_omp_num_threads()
+    void fr_prefetch(const void *p, size_t nbytes)
     int fr_omp_thread_num()
 
 cdef extern from "_barrier.h" nogil:
@@ -486,6 +487,10 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 # Every thread reads all of h_new in the next step (after the last
                 # one, the end of the parallel region is the barrier).
                 fr_barrier_wait(<fr_barrier *>&job.barrier, n_threads, tid, &barriers_passed)
+                # The other threads' units of it are in their caches: ask for all
+                # of its lines at once, not one by one as the product reaches them.
+                fr_prefetch(job.hm + (t if job.reverse else t + 1) * B * H
+                            if job.hm != NULL else h_new, B * H * sizeof(float))
 
 
 cdef void _launch(Job *job, int n_threads) noexcept nogil:
