@@ -410,6 +410,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
     cdef float *h_prev
     cdef float *h_new
     cdef float *h_rec
+    cdef float *rec_new
     cdef float *c_prev = NULL
     cdef float *c_new = NULL
     cdef bint busy, backwards
@@ -456,6 +457,9 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 if job.cell == LSTM:
                     c_prev = job.c + parity * B * H
                     c_new = job.c + (1 - parity) * B * H
+            # What the next step's product reads: h_new, or h_new * mask under
+            # recurrent dropout (kept like h, training only).
+            rec_new = h_new if job.hm == NULL else job.hm + (t if job.reverse else t + 1) * B * H
             if busy:
                 # The recurrent product's input: h, or h * mask under recurrent dropout.
                 h_rec = h_prev
@@ -480,8 +484,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 _elementwise(job, r0, r1, k0, k1, t, (t - first_t) * B, h_prev, h_new, c_prev,
                              c_new)
                 if job.hm != NULL:
-                    _mask_state(job, r0, r1, k0, k1, h_new,
-                                job.hm + (t if job.reverse else t + 1) * B * H)
+                    _mask_state(job, r0, r1, k0, k1, h_new, rec_new)
             step += 1
             if job.split_hidden and n_threads > 1 and step < job.seq_len:
                 # Every thread reads all of h_new in the next step (after the last
@@ -489,8 +492,7 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
                 fr_barrier_wait(<fr_barrier *>&job.barrier, n_threads, tid, &barriers_passed)
                 # The other threads' units of it are in their caches: ask for all
                 # of its lines at once, not one by one as the product reaches them.
-                fr_prefetch(job.hm + (t if job.reverse else t + 1) * B * H
-                            if job.hm != NULL else h_new, B * H * sizeof(float))
+                fr_prefetch(rec_new, B * H * sizeof(float))
 
 
 cdef void _launch(Job *job, int n_threads) noexcept nogil:
@@ -1163,6 +1165,10 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     h_t = _buffer(workspace, "h_t", (H, TB))
     d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
     d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
+    # Bias gradients: the column sums of the gate gradients, once for the input
+    # side and, for the GRU only, once more for the recurrent side (elsewhere the
+    # two sides are the same array, and grad_bias_hh gets the same sums).
+    cdef int bias_sums = 0 if grad_bias_ih is None else (2 if cell == GRU else 1)
     d_bias = _buffer(workspace, "d_bias", (2, tc))
     ones = _buffer(workspace, "ones", (1, TB))
     ones.fill(1)
@@ -1197,11 +1203,14 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
             # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
             _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
                   p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            # d_bias[0, own] = dgates.sum(0); d_bias[1, own] = dgates_h.sum(0)
-            _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                  p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                  p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+            if bias_sums > 0:
+                # d_bias[0, own] = dgates.sum(0)
+                _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+            if bias_sums > 1:
+                # d_bias[1, own] = dgates_h.sum(0)
+                _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
             fr_ftz_leave(fp_state)
         parts = max(1, min(n_threads, TB // 16))
         for part in prange(parts, num_threads=parts, schedule="static"):
@@ -1223,5 +1232,5 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
         _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
     if grad_bias_ih is not None:
         grad_bias_ih += d_bias[0, order]
-        grad_bias_hh += d_bias[1, order]
+        grad_bias_hh += d_bias[bias_sums - 1, order]
     return dh, dc
