@@ -78,6 +78,10 @@ static inline float fr_tanhf(float x)
 static inline double fr_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline double fr_tanh(double x) { return tanh(x); }
 
+/* Units per block of the packed LSTM layout (fastrnn._packed.units_per_block):
+ * one 64-column tile holds the 4 gates of 16 units. */
+#define FR_LSTM_BLOCK_UNITS 16
+
 /* relu that keeps NaN (x > 0 is false for NaN). */
 #define FR_RELU(x) (((x) > 0 || (x) != (x)) ? (x) : 0)
 

@@ -2,30 +2,59 @@
  * Every pointer is restrict: callers never pass overlapping rows (inference
  * double-buffers the state). See _cell_math.h for the layout. */
 
-/* LSTM: gates i, f, g, o -> activations; c_new = f*c_prev + i*g; h = o*tanh(c_new).
- * The gates are `stride` apart, the biases `bstride` apart. */
-static FASTRNN_CLONES void SFX(lstm_forward_row)(
-    ptrdiff_t n, ptrdiff_t stride, ptrdiff_t bstride, REAL *restrict gates,
+/* LSTM unit j: gates i, f, g, o -> activations; c_new = f*c_prev + i*g;
+ * h = o*tanh(c_new). The gates are `stride` apart, the biases `bstride` apart. */
+static inline __attribute__((always_inline)) void SFX(lstm_forward_unit)(
+    ptrdiff_t j, ptrdiff_t stride, ptrdiff_t bstride, REAL *restrict gates,
     const REAL *restrict bias, const REAL *restrict c_prev, REAL *restrict c_new,
     REAL *restrict h_new, REAL *restrict out)
 {
     REAL *restrict gi = gates, *restrict gf = gates + stride;
     REAL *restrict gg = gates + 2 * stride, *restrict go = gates + 3 * stride;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        REAL i = SIGMOID(gi[j] + bias[j]);
-        REAL f = SIGMOID(gf[j] + bias[bstride + j]);
-        REAL g = TANH(gg[j] + bias[2 * bstride + j]);
-        REAL o = SIGMOID(go[j] + bias[3 * bstride + j]);
-        REAL c = f * c_prev[j] + i * g;
-        REAL h = o * TANH(c);
-        gi[j] = i;
-        gf[j] = f;
-        gg[j] = g;
-        go[j] = o;
-        c_new[j] = c;
-        h_new[j] = h;
-        out[j] = h;
-    }
+    REAL i = SIGMOID(gi[j] + bias[j]);
+    REAL f = SIGMOID(gf[j] + bias[bstride + j]);
+    REAL g = TANH(gg[j] + bias[2 * bstride + j]);
+    REAL o = SIGMOID(go[j] + bias[3 * bstride + j]);
+    REAL c = f * c_prev[j] + i * g;
+    REAL h = o * TANH(c);
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+    c_new[j] = c;
+    h_new[j] = h;
+    out[j] = h;
+}
+
+/* The LSTM step for units 0..n-1 (see lstm_forward_unit). */
+static FASTRNN_CLONES void SFX(lstm_forward_row)(
+    ptrdiff_t n, ptrdiff_t stride, ptrdiff_t bstride, REAL *restrict gates,
+    const REAL *restrict bias, const REAL *restrict c_prev, REAL *restrict c_new,
+    REAL *restrict h_new, REAL *restrict out)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        SFX(lstm_forward_unit)(j, stride, bstride, gates, bias, c_prev, c_new, h_new, out);
+}
+
+/* The LSTM step for n_blocks whole blocks of FR_LSTM_BLOCK_UNITS units in the
+ * packed layout (_packed_gemm.h): block b's gates (i, f, g, o, each a run of
+ * the block's units) at gates + b * block_stride, its biases at
+ * bias + 4 * b * FR_LSTM_BLOCK_UNITS, its state and output units from
+ * b * FR_LSTM_BLOCK_UNITS on. The fixed width makes each block whole vectors,
+ * without a call, a remainder loop or the constants' setup per block (a call
+ * of lstm_forward_row per block of 16 units measured 1.49 ns a unit, against
+ * 1.14 for whole rows of 128). */
+static FASTRNN_CLONES void SFX(lstm_forward_blocks)(
+    ptrdiff_t n_blocks, ptrdiff_t block_stride, REAL *restrict gates,
+    const REAL *restrict bias, const REAL *restrict c_prev, REAL *restrict c_new,
+    REAL *restrict h_new, REAL *restrict out)
+{
+    enum { U = FR_LSTM_BLOCK_UNITS };
+    for (ptrdiff_t b = 0; b < n_blocks; b++)
+        for (ptrdiff_t j = 0; j < U; j++)
+            SFX(lstm_forward_unit)(j, U, U, gates + b * block_stride, bias + 4 * b * U,
+                                   c_prev + b * U, c_new + b * U, h_new + b * U,
+                                   out + b * U);
 }
 
 /* GRU: gates (input part, `stride` apart) r, z, n and gates_h (recurrent part,

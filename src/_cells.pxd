@@ -11,6 +11,10 @@ cdef extern from "_cell_math.h" nogil:
     void lstm_forward_row_f32(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
                               float *gates, const float *bias, const float *c_prev,
                               float *c_new, float *h_new, float *out)
+    int FR_LSTM_BLOCK_UNITS
+    void lstm_forward_blocks_f32(Py_ssize_t n_blocks, Py_ssize_t block_stride, float *gates,
+                                 const float *bias, const float *c_prev, float *c_new,
+                                 float *h_new, float *out)
     void lstm_forward_row_f64(Py_ssize_t n, Py_ssize_t stride, Py_ssize_t bias_stride,
                               double *gates, const double *bias, const double *c_prev,
                               double *c_new, double *h_new, double *out)

@@ -21,9 +21,9 @@ cimport numpy as cnp
 
 from _parallel cimport block_start
 
-from _cells cimport (GRU, LSTM, RNN_RELU, gru_backward_row_f32, gru_forward_row_f32,
-                    lstm_backward_row_f32, lstm_forward_row_f32, rnn_backward_row_f32,
-                    rnn_forward_row_f32)
+from _cells cimport (FR_LSTM_BLOCK_UNITS, GRU, LSTM, RNN_RELU, gru_backward_row_f32,
+                    gru_forward_row_f32, lstm_backward_row_f32, lstm_forward_blocks_f32,
+                    lstm_forward_row_f32, rnn_backward_row_f32, rnn_forward_row_f32)
 
 import os
 
@@ -157,7 +157,7 @@ set_isa(os.environ.get("FASTRNN_ISA") or None)
 def units_per_block(int cell):
     """Hidden units per packed block: the block (gates x units) is one tile
     (LSTM 4 x 16, RNN 64) or one tile per gate (GRU 3 x 64)."""
-    return 16 if cell == LSTM else 64
+    return FR_LSTM_BLOCK_UNITS if cell == LSTM else 64
 
 
 cdef class PackedWeights:
@@ -315,38 +315,49 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
     """The fused elementwise pass for batch rows [r0, r1) and blocks [k0, k1) of
     step t, whose gate rows start at row0 (t - chunk start) * batch."""
     cdef Py_ssize_t b, blk, u0, n, H = job.hidden_size, U = job.U, bc = job.block_cols
-    cdef Py_ssize_t TB = job.seq_len * job.batch
+    cdef Py_ssize_t TB = job.seq_len * job.batch, gbs = job.gates_block_stride, whole
     cdef float *g
     cdef float *gh
     cdef float *out_row
     for b in range(r0, r1):
         out_row = job.out + (t * job.batch + b) * job.out_ld + job.out_col
+        g = job.gates + (row0 + b) * job.gates_ld
+        if job.lengths != NULL and t >= job.lengths[b]:
+            # Inactive: the state passes through, the output is zero.
+            u0 = k0 * U
+            n = min(k1 * U, H) - u0
+            memcpy(h_new + b * H + u0, h_prev + b * H + u0, n * sizeof(float))
+            if job.cell == LSTM:
+                memcpy(c_new + b * H + u0, c_prev + b * H + u0, n * sizeof(float))
+            memset(out_row + u0, 0, n * sizeof(float))
+            continue
+        if job.cell == LSTM:
+            # Whole blocks in one call; a last block cut short by hidden_size alone.
+            whole = min(k1, H // U)
+            if whole > k0:
+                lstm_forward_blocks_f32(whole - k0, gbs, g + k0 * gbs, job.bias + k0 * bc,
+                                        c_prev + b * H + k0 * U, c_new + b * H + k0 * U,
+                                        h_new + b * H + k0 * U, out_row + k0 * U)
+            for blk in range(max(k0, whole), k1):
+                u0 = blk * U
+                lstm_forward_row_f32(H - u0, job.gate_stride, U, g + blk * gbs,
+                                     job.bias + blk * bc, c_prev + b * H + u0,
+                                     c_new + b * H + u0, h_new + b * H + u0, out_row + u0)
+            continue
         for blk in range(k0, k1):
             u0 = blk * U
             n = min(U, H - u0)
-            if job.lengths != NULL and t >= job.lengths[b]:
-                # Inactive: the state passes through, the output is zero.
-                memcpy(h_new + b * H + u0, h_prev + b * H + u0, n * sizeof(float))
-                if job.cell == LSTM:
-                    memcpy(c_new + b * H + u0, c_prev + b * H + u0, n * sizeof(float))
-                memset(out_row + u0, 0, n * sizeof(float))
-                continue
-            g = job.gates + blk * job.gates_block_stride + (row0 + b) * job.gates_ld
-            if job.cell == LSTM:
-                lstm_forward_row_f32(n, job.gate_stride, U, g, job.bias + blk * bc,
-                                     c_prev + b * H + u0, c_new + b * H + u0,
-                                     h_new + b * H + u0, out_row + u0)
-            elif job.cell == GRU:
+            if job.cell == GRU:
                 gh = job.gates_h + b * job.total_cols + blk * bc
-                gru_forward_row_f32(n, job.gate_stride, U, g, gh, job.bias + blk * bc,
-                                    job.bias_hn + u0, h_prev + b * H + u0, h_new + b * H + u0,
-                                    out_row + u0)
+                gru_forward_row_f32(n, job.gate_stride, U, g + blk * gbs, gh,
+                                    job.bias + blk * bc, job.bias_hn + u0, h_prev + b * H + u0,
+                                    h_new + b * H + u0, out_row + u0)
                 if job.hn_cache != NULL:
                     # Backward needs hn = W_hn h + b_hn (block-major, like the gates).
                     memcpy(job.hn_cache + blk * TB * U + (t * job.batch + b) * U,
                            gh + 2 * U, n * sizeof(float))
             else:
-                rnn_forward_row_f32(n, job.cell == RNN_RELU, g, job.bias + blk * bc,
+                rnn_forward_row_f32(n, job.cell == RNN_RELU, g + blk * gbs, job.bias + blk * bc,
                                     h_new + b * H + u0, out_row + u0)
 
 
