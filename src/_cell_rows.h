@@ -105,28 +105,51 @@ static FASTRNN_CLONES void SFX(rnn_forward_row)(
     }
 }
 
-/* LSTM backward through the elementwise part. dh_total = dh + grad_out;
+/* LSTM backward through the elementwise part, unit j. dh_total = dh + grad_out;
  * gates (activations) become pre-activation gradients; dc (in: dL/dc_t) becomes
  * dL/dc_{t-1}; dh_prev gets 0 (the rest of dL/dh_{t-1} goes through W_hh). */
-static FASTRNN_CLONES void SFX(lstm_backward_row)(
-    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict c_prev,
+static inline __attribute__((always_inline)) void SFX(lstm_backward_unit)(
+    ptrdiff_t j, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict c_prev,
     const REAL *restrict c_new, const REAL *restrict grad_out, const REAL *restrict dh,
     REAL *restrict dh_prev, REAL *restrict dc)
 {
     REAL *restrict gi = gates, *restrict gf = gates + stride;
     REAL *restrict gg = gates + 2 * stride, *restrict go = gates + 3 * stride;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
-        REAL dh_t = dh[j] + grad_out[j];
-        REAL tc = TANH(c_new[j]);
-        REAL dc_t = dc[j] + dh_t * o * (1 - tc * tc);
-        gi[j] = dc_t * g * (i * (1 - i));
-        gf[j] = dc_t * c_prev[j] * (f * (1 - f));
-        gg[j] = dc_t * i * (1 - g * g);
-        go[j] = dh_t * tc * (o * (1 - o));
-        dc[j] = dc_t * f;
-        dh_prev[j] = 0;
-    }
+    REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
+    REAL dh_t = dh[j] + grad_out[j];
+    REAL tc = TANH(c_new[j]);
+    REAL dc_t = dc[j] + dh_t * o * (1 - tc * tc);
+    gi[j] = dc_t * g * (i * (1 - i));
+    gf[j] = dc_t * c_prev[j] * (f * (1 - f));
+    gg[j] = dc_t * i * (1 - g * g);
+    go[j] = dh_t * tc * (o * (1 - o));
+    dc[j] = dc_t * f;
+    dh_prev[j] = 0;
+}
+
+/* The LSTM backward for units 0..n-1 (see lstm_backward_unit). */
+static FASTRNN_CLONES void SFX(lstm_backward_row)(
+    ptrdiff_t n, ptrdiff_t stride, REAL *restrict gates, const REAL *restrict c_prev,
+    const REAL *restrict c_new, const REAL *restrict grad_out, const REAL *restrict dh,
+    REAL *restrict dh_prev, REAL *restrict dc)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        SFX(lstm_backward_unit)(j, stride, gates, c_prev, c_new, grad_out, dh, dh_prev, dc);
+}
+
+/* The LSTM backward for n_blocks whole blocks of the packed layout, laid out as
+ * in lstm_forward_blocks: gates block_stride apart, the rest contiguous. */
+static FASTRNN_CLONES void SFX(lstm_backward_blocks)(
+    ptrdiff_t n_blocks, ptrdiff_t block_stride, REAL *restrict gates,
+    const REAL *restrict c_prev, const REAL *restrict c_new, const REAL *restrict grad_out,
+    const REAL *restrict dh, REAL *restrict dh_prev, REAL *restrict dc)
+{
+    enum { U = FR_LSTM_BLOCK_UNITS };
+    for (ptrdiff_t b = 0; b < n_blocks; b++)
+        for (ptrdiff_t j = 0; j < U; j++)
+            SFX(lstm_backward_unit)(j, U, gates + b * block_stride, c_prev + b * U,
+                                    c_new + b * U, grad_out + b * U, dh + b * U,
+                                    dh_prev + b * U, dc + b * U);
 }
 
 /* GRU backward. gates r, z, n -> input-side gradients (dr, dz, dn); hn (in:

@@ -33,6 +33,10 @@ cdef extern from "_cell_math.h" nogil:
     void lstm_backward_row_f32(Py_ssize_t n, Py_ssize_t stride, float *gates, const float *c_prev,
                                const float *c_new, const float *grad_out, const float *dh,
                                float *dh_prev, float *dc)
+    void lstm_backward_blocks_f32(Py_ssize_t n_blocks, Py_ssize_t block_stride, float *gates,
+                                  const float *c_prev, const float *c_new,
+                                  const float *grad_out, const float *dh, float *dh_prev,
+                                  float *dc)
     void lstm_backward_row_f64(Py_ssize_t n, Py_ssize_t stride, double *gates,
                                const double *c_prev, const double *c_new,
                                const double *grad_out, const double *dh, double *dh_prev,

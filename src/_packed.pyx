@@ -22,8 +22,9 @@ cimport numpy as cnp
 from _parallel cimport block_start
 
 from _cells cimport (FR_LSTM_BLOCK_UNITS, GRU, LSTM, RNN_RELU, gru_backward_row_f32,
-                    gru_forward_row_f32, lstm_backward_row_f32, lstm_forward_blocks_f32,
-                    lstm_forward_row_f32, rnn_backward_row_f32, rnn_forward_row_f32)
+                    gru_forward_row_f32, lstm_backward_blocks_f32, lstm_backward_row_f32,
+                    lstm_forward_blocks_f32, lstm_forward_row_f32, rnn_backward_row_f32,
+                    rnn_forward_row_f32)
 
 import os
 
@@ -938,7 +939,19 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
         for b in range(r0, r1):
             row = t * B + b
             go = job.grad_out + row * job.out_ld + job.out_col
-            for blk in range(k0, k1):
+            blk = k0
+            if job.cell == LSTM and (job.lengths == NULL or t < job.lengths[b]):
+                # Whole blocks in one call (see lstm_forward_blocks); the loop below
+                # takes a last block cut short by hidden_size.
+                blk = max(k0, min(k1, H // U))
+                u0 = k0 * U
+                if blk > k0:
+                    lstm_backward_blocks_f32(blk - k0, gbs, job.gates + k0 * gbs + row * TILE,
+                                             job.c + i_prev * B * H + b * H + u0,
+                                             job.c + i_new * B * H + b * H + u0, go + u0,
+                                             dh + b * H + u0, dh_other + b * H + u0,
+                                             job.dc + b * H + u0)
+            for blk in range(blk, k1):
                 u0 = blk * U
                 n = min(U, H - u0)
                 g = job.gates + blk * gbs + row * TILE
