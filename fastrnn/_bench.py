@@ -930,15 +930,16 @@ def settle(max_wait=0.2, window=0.002, busy=0.25, quiet=4):
 
 
 # Untimed calls before a timed one (multi-threaded runs, calls under 20 ms).
-PRIME_SECONDS = 0.005
+PRIME_SECONDS = 0.02
 
 
 def _prime(run, seconds=PRIME_SECONDS):
     """Untimed calls of ``run`` for ``seconds`` (at least one). After the idle
-    wait of ``settle``, one call of a fraction of a millisecond is not enough
-    for the second core to be back at speed here (a 2-thread LSTM at batch 8
-    measured 0.43 ms after one call, 0.32 ms after 5 ms of calls, as in a loop
-    of calls)."""
+    wait of ``settle``, a few calls are not enough for the second core to be
+    back at speed here: a 2-thread LSTM at batch 8 took 0.43 ms after one call,
+    0.32-0.42 ms after 5 ms of calls and 0.25 ms after 20 ms (as in a loop of
+    calls, and as after 100 ms); ONNX Runtime's, 0.57 ms after 5 ms, 0.41 ms
+    after 20 ms."""
     end = time.perf_counter() + seconds
     run()
     while time.perf_counter() < end:
@@ -1234,7 +1235,7 @@ def add_arguments(parser):
     settle_group.add_argument(
         "--settle", dest="settle", action="store_true", default=None,
         help="before each timed call wait until the worker threads of the previous engine "
-             "stop spinning, then make untimed calls of the engine for 5 ms (calls < 20 ms) so "
+             "stop spinning, then make untimed calls of the engine for 20 ms (calls < 20 ms) so "
              "its own pool and the cores are awake (default: on with more than 1 thread)")
     settle_group.add_argument("--no-settle", dest="settle", action="store_false",
                               help="never wait for worker threads to go idle")
