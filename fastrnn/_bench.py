@@ -929,17 +929,20 @@ def settle(max_wait=0.2, window=0.002, busy=0.25, quiet=4):
     return time.perf_counter() - start
 
 
-# Untimed calls before a timed one (multi-threaded runs, calls under 20 ms).
+# Untimed calls before a timed one (calls under 20 ms).
 PRIME_SECONDS = 0.02
 
 
 def _prime(run, seconds=PRIME_SECONDS):
-    """Untimed calls of ``run`` for ``seconds`` (at least one). After the idle
-    wait of ``settle``, a few calls are not enough for the second core to be
-    back at speed here: a 2-thread LSTM at batch 8 took 0.43 ms after one call,
-    0.32-0.42 ms after 5 ms of calls and 0.25 ms after 20 ms (as in a loop of
-    calls, and as after 100 ms); ONNX Runtime's, 0.57 ms after 5 ms, 0.41 ms
-    after 20 ms."""
+    """Untimed calls of ``run`` for ``seconds`` (at least one), so the timed
+    call runs as in a loop of calls. After the idle wait of ``settle``, a few
+    calls are not enough for the second core to be back at speed here: a
+    2-thread LSTM at batch 8 took 0.43 ms after one call, 0.32-0.42 ms after
+    5 ms of calls and 0.25 ms after 20 ms (as in a loop of calls, and as after
+    100 ms); ONNX Runtime's, 0.57 ms after 5 ms, 0.41 ms after 20 ms. On one
+    thread, right after the other engines' turns the first call finds its data
+    out of the caches: GRU at batch 8 0.36 ms against 0.34 ms primed, ONNX
+    Runtime 0.51 against 0.48 (two runs minutes apart)."""
     end = time.perf_counter() + seconds
     run()
     while time.perf_counter() < end:
@@ -955,13 +958,15 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
     note (a failure is an "ERROR" note and makes ``agree`` False). ``repeat``
     None picks 5..20 rounds to fit ``budget`` seconds.
 
-    Thread pools (libgomp, ONNX Runtime, OpenBLAS) busy-wait for 10-30 ms after
-    a call, which slows down whichever engine runs next. So with
-    ``settle_threads`` (default: when ``n_threads`` > 1), each engine's turn in
-    a round is: wait until the process's worker threads are idle (``settle``),
-    untimed calls of the engine for 5 ms when its calls are short (< 20 ms: they
-    wake the engine's own pool and the second core), then the timed call.
-    ``pause`` seconds of sleep follow every call.
+    Each engine's turn in a round is: with ``settle_threads`` (default: when
+    ``n_threads`` > 1), wait until the process's worker threads are idle
+    (``settle``: thread pools of libgomp, ONNX Runtime and OpenBLAS busy-wait
+    for 10-30 ms after a call, which slows down whichever engine runs next);
+    when its calls are short (< 20 ms), untimed calls of the engine for
+    PRIME_SECONDS (they wake its pool and the second core, and bring its
+    weights and buffers back into the caches after the other engines' turns,
+    as in a loop of calls); then the timed call. ``pause`` seconds of sleep
+    follow every call.
     """
     engines = default_engines() if engines is None else list(engines)
     if not any(e.name == "fastrnn" for e in engines):
@@ -1018,7 +1023,7 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
                 overhead[name] = rest()
                 if warmup is None and call[name] > 0.2:
                     break                       # a big row: one warm-up call is enough
-        prime = {name: do_settle and call.get(name, 0.0) < 0.02 for name in prepared}
+        prime = {name: call.get(name, 0.0) < 0.02 for name in prepared}
         if repeat is None:
             round_seconds = sum(call[n] + (max(call[n], PRIME_SECONDS) if prime[n] else 0)
                                 + overhead[n] for n in call)
@@ -1235,8 +1240,7 @@ def add_arguments(parser):
     settle_group.add_argument(
         "--settle", dest="settle", action="store_true", default=None,
         help="before each timed call wait until the worker threads of the previous engine "
-             "stop spinning, then make untimed calls of the engine for 20 ms (calls < 20 ms) so "
-             "its own pool and the cores are awake (default: on with more than 1 thread)")
+             "stop spinning (default: on with more than 1 thread)")
     settle_group.add_argument("--no-settle", dest="settle", action="store_false",
                               help="never wait for worker threads to go idle")
     parser.set_defaults(settle=None)
