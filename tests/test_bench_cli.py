@@ -4,6 +4,7 @@ the agreement check (and that a wrong engine is caught), exit statuses."""
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -50,6 +51,40 @@ def test_run_row_structure_and_agreement():
     assert "fastrnn" in text and "reference" in text and "physical limit" in text
     assert "| yes |" in _bench.format_markdown([result])
     assert result.to_dict()["engines"]["reference"]["agree"] is True
+
+
+class CountingEngine(_bench.FastrnnEngine):
+    """fastrnn whose timed function counts its calls (and can be made slow)."""
+
+    def __init__(self, name, sleep=0.0):
+        self.name = name
+        self.sleep = sleep
+        self.calls = 0
+
+    def prepare(self, problem, n_threads):
+        prepared = super().prepare(problem, n_threads)
+        run = prepared.run
+
+        def counted_run():
+            self.calls += 1
+            if self.sleep:
+                time.sleep(self.sleep)
+            return run()
+        prepared.run = counted_run
+        return prepared
+
+
+def test_short_calls_are_primed_on_one_thread_too():
+    # Each timed call of an engine whose calls take under 20 ms follows untimed
+    # calls for PRIME_SECONDS; a slower engine gets only its warm-up calls.
+    fast, slow = CountingEngine("fastrnn"), CountingEngine("slow", sleep=0.025)
+    repeat = 3
+    start = time.perf_counter()
+    result = _bench.run_row(TINY, n_threads=1, engines=[fast, slow], repeat=repeat)
+    assert time.perf_counter() - start >= repeat * _bench.PRIME_SECONDS
+    assert len(result.engines["slow"].times) == repeat
+    assert slow.calls == 2 + repeat                 # two warm-up calls, then the timed ones
+    assert fast.calls >= 2 + repeat * 2             # at least one untimed call before each
 
 
 def test_wrong_engine_is_reported_as_disagreeing():
