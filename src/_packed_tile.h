@@ -4,12 +4,13 @@
 
 typedef FR_V FR_SFX(fr_vec);
 
-/* acc[r][v] (+)= sum_k A[r, k] * P[k, v*W : (v+1)*W] for r < mr (a compile-time
- * constant after inlining, so the accumulators live in registers). A's k runs
+/* acc[r][v] (+)= sum_k A[r, k] * P[k, v*W : (v+1)*W] for r < mr and v < nv
+ * (compile-time constants after inlining, so the accumulators live in
+ * registers; nv < FR_NV only at a right edge, see fr_tile_edge). A's k runs
  * in segments of seg_k columns, seg_stride apart (one segment when seg_k >= K):
  * a k-blocked A is summed over several of its blocks without storing C. */
 static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
-    const int mr, ptrdiff_t K, const float *restrict A, ptrdiff_t lda, ptrdiff_t seg_k,
+    const int mr, const int nv, ptrdiff_t K, const float *restrict A, ptrdiff_t lda, ptrdiff_t seg_k,
     ptrdiff_t seg_stride, const float *restrict P, ptrdiff_t ldp, float *restrict C,
     ptrdiff_t ldc, int accumulate)
 {
@@ -17,7 +18,7 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < FR_NV; v++) {
+        for (int v = 0; v < nv; v++) {
             if (accumulate)
                 memcpy(&acc[r][v], C + r * ldc + v * FR_W, sizeof(FR_SFX(fr_vec)));
             else
@@ -28,7 +29,7 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
         for (ptrdiff_t k = 0; k < kn; k++) {
             FR_SFX(fr_vec) b[FR_NV];
 #pragma GCC unroll 8
-            for (int v = 0; v < FR_NV; v++)
+            for (int v = 0; v < nv; v++)
                 memcpy(&b[v], P + k * ldp + v * FR_W, sizeof(FR_SFX(fr_vec)));
 #pragma GCC unroll 8
             for (int r = 0; r < mr; r++) {
@@ -36,7 +37,7 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
                  * folds it and broadcasts straight from memory. */
                 FR_SFX(fr_vec) a = A[r * lda + k] - (FR_SFX(fr_vec)){0};
 #pragma GCC unroll 8
-                for (int v = 0; v < FR_NV; v++)
+                for (int v = 0; v < nv; v++)
                     acc[r][v] += a * b[v];
             }
         }
@@ -44,12 +45,14 @@ static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
 #pragma GCC unroll 8
     for (int r = 0; r < mr; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < FR_NV; v++)
+        for (int v = 0; v < nv; v++)
             memcpy(C + r * ldc + v * FR_W, &acc[r][v], sizeof(FR_SFX(fr_vec)));
 }
 
 /* A row tile whose column tile runs past the valid columns: computed in a
- * local buffer, and only the valid columns are read from and written to C.
+ * local buffer, and only the valid columns are read from and written to C;
+ * only as many vectors of columns as hold the valid ones are computed (an
+ * edge of 10 columns, as for hidden_size 650, costs a quarter of a tile).
  * Out of line: it is the rare edge, and keeping it apart keeps the hot tile
  * loop small. */
 static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
@@ -58,22 +61,35 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
 {
     enum { TILE = FR_NV * FR_W };
     float tmp[FR_MR * TILE];
+    /* Vectors of columns to compute: 1, 2 or all FR_NV (a constant per case
+     * below, so the accumulators stay in registers). */
+    const int nv = valid <= FR_W ? 1 : valid <= 2 * FR_W ? 2 : FR_NV;
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < TILE; c++)
             tmp[r * TILE + c] = (acc && c < valid) ? C[r * ldc + c] : 0.0f;
-    /* A constant row count per case, so the accumulators stay in registers. */
+#define FR_EDGE_ROWS(MR_)                                                                   \
+    do {                                                                                   \
+        if (nv == 1)                                                                       \
+            FR_SFX(fr_tile)(MR_, 1, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); \
+        else if (nv == 2)                                                                  \
+            FR_SFX(fr_tile)(MR_, 2, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); \
+        else                                                                               \
+            FR_SFX(fr_tile)(MR_, FR_NV, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, \
+                            1);                                                            \
+    } while (0)
     switch (mr) {
 #if FR_MR > 5
-    case 6: FR_SFX(fr_tile)(6, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    case 6: FR_EDGE_ROWS(6); break;
 #endif
 #if FR_MR > 4
-    case 5: FR_SFX(fr_tile)(5, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    case 5: FR_EDGE_ROWS(5); break;
 #endif
-    case 4: FR_SFX(fr_tile)(4, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
-    case 3: FR_SFX(fr_tile)(3, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
-    case 2: FR_SFX(fr_tile)(2, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
-    default: FR_SFX(fr_tile)(1, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); break;
+    case 4: FR_EDGE_ROWS(4); break;
+    case 3: FR_EDGE_ROWS(3); break;
+    case 2: FR_EDGE_ROWS(2); break;
+    default: FR_EDGE_ROWS(1); break;
     }
+#undef FR_EDGE_ROWS
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < valid; c++)
             C[r * ldc + c] = tmp[r * TILE + c];
@@ -81,7 +97,7 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
 
 #define FR_TILE_ANY(MR_, ...)                                                     \
     do {                                                                          \
-        if (valid >= FR_NV * FR_W) FR_SFX(fr_tile)(MR_, __VA_ARGS__, acc);        \
+        if (valid >= FR_NV * FR_W) FR_SFX(fr_tile)(MR_, FR_NV, __VA_ARGS__, acc); \
         else FR_SFX(fr_tile_edge)(MR_, __VA_ARGS__, valid, acc);                   \
     } while (0)
 
