@@ -435,11 +435,10 @@ class _RecurrentBase:
             for layer in range(self.num_layers):
                 out = aligned_empty((seq_len, batch, D * H), self.dtype)
                 direction_caches = []
-                for direction in range(D):
+                results = self._forward_layer(kernels, layer, layer_input, h0, c0, lengths,
+                                              training, out, n_threads)
+                for direction, (h, c, cache) in enumerate(results):
                     index = layer * D + direction
-                    h, c, cache = self._forward_direction(
-                        kernels, layer, direction, index, layer_input, h0[index],
-                        c0[index] if is_lstm else None, lengths, training, out, n_threads)
                     h_n[index] = h
                     if is_lstm:
                         c_n[index] = c
@@ -458,6 +457,17 @@ class _RecurrentBase:
             cache = {"layers": layers, "lengths": lengths, "n_threads": n_threads,
                      "kernels": kernels}
         return layer_input, finals, cache
+
+    def _forward_layer(self, kernels, layer, x, h0, c0, lengths, training, out, n_threads):
+        """Every direction of layer ``layer``: a list of ``(h_n, c_n or None,
+        cache)``, one per direction (see _forward_direction)."""
+        results = []
+        for direction in range(self.num_directions):
+            index = layer * self.num_directions + direction
+            results.append(self._forward_direction(
+                kernels, layer, direction, index, x, h0[index],
+                c0[index] if c0 is not None else None, lengths, training, out, n_threads))
+        return results
 
     def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
                            training, out, n_threads):
@@ -682,27 +692,50 @@ class _RNNBase(_RecurrentBase):
         # The packed kernels call no BLAS: only the BLAS path needs the limit.
         return contextlib.nullcontext() if kernels is _packed else single_threaded_blas()
 
-    def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
-                           training, out, n_threads):
+    def _direction_args(self, kernels, layer, direction, index, h0, c0, training):
+        """The per-direction arguments of a kernel forward, as keywords."""
         names = self._names(layer, direction)
         params = [self._params.get(n) for n in names]
-        weight_ih, weight_hh = params[:2]
-        bias_ih, bias_hh = params[2:] if self.bias else (None, None)
-        args = (self._cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
-                bool(direction), training, out, direction * self.hidden_size, n_threads)
+        args = dict(weight_ih=params[0], weight_hh=params[1],
+                    bias_ih=params[2] if self.bias else None,
+                    bias_hh=params[3] if self.bias else None,
+                    h0=h0, c0=c0, out_col=direction * self.hidden_size)
         # Variational (recurrent) dropout: one mask per sequence and hidden unit,
         # shared by every time step, on the state entering the recurrent product.
-        mask = None
+        args["recurrent_mask"] = None
         if training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            mask = ((self._rng.random(h0.shape) < keep) / keep).astype(self.dtype)
-        if kernels is not _packed:
-            return kernels.forward(*args, recurrent_mask=mask)
-        # Inference reuses weights packed once; training packs per call (the
-        # weights change between steps).
-        packed = None if training else self._packed_weights(index, names)
-        return kernels.forward(*args, packed=packed, workspace=self._workspace(index, training),
-                               recurrent_mask=mask)
+            args["recurrent_mask"] = ((self._rng.random(h0.shape) < keep) / keep).astype(
+                self.dtype)
+        if kernels is _packed:
+            # Inference reuses weights packed once; training packs per call (the
+            # weights change between steps).
+            args["packed"] = None if training else self._packed_weights(index, names)
+            args["workspace"] = self._workspace(index, training)
+        return args
+
+    def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
+                           training, out, n_threads):
+        a = self._direction_args(kernels, layer, direction, index, h0, c0, training)
+        return kernels.forward(self._cell, x, a.pop("weight_ih"), a.pop("weight_hh"),
+                               a.pop("bias_ih"), a.pop("bias_hh"), a.pop("h0"), a.pop("c0"),
+                               lengths, bool(direction), training, out, a.pop("out_col"),
+                               n_threads, **a)
+
+    def _forward_layer(self, kernels, layer, x, h0, c0, lengths, training, out, n_threads):
+        # On two or more threads the packed kernels run a bidirectional layer's
+        # directions at the same time (see _packed.forward_bidirectional).
+        if not (kernels is _packed and self.num_directions == 2 and n_threads > 1):
+            return super()._forward_layer(kernels, layer, x, h0, c0, lengths, training, out,
+                                          n_threads)
+        directions = [
+            self._direction_args(kernels, layer, direction, 2 * layer + direction,
+                                 h0[2 * layer + direction],
+                                 c0[2 * layer + direction] if c0 is not None else None,
+                                 training)
+            for direction in range(2)]
+        return kernels.forward_bidirectional(self._cell, x, directions, lengths, training, out,
+                                             n_threads)
 
     def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
                             grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
