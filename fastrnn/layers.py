@@ -692,35 +692,35 @@ class _RNNBase(_RecurrentBase):
         # The packed kernels call no BLAS: only the BLAS path needs the limit.
         return contextlib.nullcontext() if kernels is _packed else single_threaded_blas()
 
-    def _direction_args(self, kernels, layer, direction, index, h0, c0, training):
-        """The per-direction arguments of a kernel forward, as keywords."""
+    def _direction_args(self, kernels, layer, direction, index, h0, training):
+        """A direction's weights and extras for a kernel forward: ``(weight_ih,
+        weight_hh, bias_ih, bias_hh, extras)``, extras the keyword arguments
+        (the recurrent dropout mask; the packed kernels' weights and buffers)."""
         names = self._names(layer, direction)
-        params = [self._params.get(n) for n in names]
-        args = dict(weight_ih=params[0], weight_hh=params[1],
-                    bias_ih=params[2] if self.bias else None,
-                    bias_hh=params[3] if self.bias else None,
-                    h0=h0, c0=c0, out_col=direction * self.hidden_size)
+        params = self._params
+        weight_ih, weight_hh = params[names[0]], params[names[1]]
+        bias_ih, bias_hh = (params[names[2]], params[names[3]]) if self.bias else (None, None)
         # Variational (recurrent) dropout: one mask per sequence and hidden unit,
         # shared by every time step, on the state entering the recurrent product.
-        args["recurrent_mask"] = None
+        mask = None
         if training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            args["recurrent_mask"] = ((self._rng.random(h0.shape) < keep) / keep).astype(
-                self.dtype)
+            mask = ((self._rng.random(h0.shape) < keep) / keep).astype(self.dtype)
+        extras = {"recurrent_mask": mask}
         if kernels is _packed:
             # Inference reuses weights packed once; training packs per call (the
             # weights change between steps).
-            args["packed"] = None if training else self._packed_weights(index, names)
-            args["workspace"] = self._workspace(index, training)
-        return args
+            extras["packed"] = None if training else self._packed_weights(index, names)
+            extras["workspace"] = self._workspace(index, training)
+        return weight_ih, weight_hh, bias_ih, bias_hh, extras
 
     def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
                            training, out, n_threads):
-        a = self._direction_args(kernels, layer, direction, index, h0, c0, training)
-        return kernels.forward(self._cell, x, a.pop("weight_ih"), a.pop("weight_hh"),
-                               a.pop("bias_ih"), a.pop("bias_hh"), a.pop("h0"), a.pop("c0"),
-                               lengths, bool(direction), training, out, a.pop("out_col"),
-                               n_threads, **a)
+        weight_ih, weight_hh, bias_ih, bias_hh, extras = self._direction_args(
+            kernels, layer, direction, index, h0, training)
+        return kernels.forward(self._cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                               lengths, bool(direction), training, out,
+                               direction * self.hidden_size, n_threads, **extras)
 
     def _forward_layer(self, kernels, layer, x, h0, c0, lengths, training, out, n_threads):
         # On two or more threads the packed kernels run a bidirectional layer's
@@ -728,12 +728,15 @@ class _RNNBase(_RecurrentBase):
         if not (kernels is _packed and self.num_directions == 2 and n_threads > 1):
             return super()._forward_layer(kernels, layer, x, h0, c0, lengths, training, out,
                                           n_threads)
-        directions = [
-            self._direction_args(kernels, layer, direction, 2 * layer + direction,
-                                 h0[2 * layer + direction],
-                                 c0[2 * layer + direction] if c0 is not None else None,
-                                 training)
-            for direction in range(2)]
+        directions = []
+        for direction in range(2):
+            index = 2 * layer + direction
+            weight_ih, weight_hh, bias_ih, bias_hh, extras = self._direction_args(
+                kernels, layer, direction, index, h0[index], training)
+            directions.append(dict(
+                extras, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
+                bias_hh=bias_hh, h0=h0[index], c0=c0[index] if c0 is not None else None,
+                out_col=direction * self.hidden_size))
         return kernels.forward_bidirectional(self._cell, x, directions, lengths, training, out,
                                              n_threads)
 
