@@ -542,15 +542,11 @@ class _RecurrentBase:
                 entry = cache["layers"][layer]
                 layer_input = entry["input"]
                 grad_input = np.zeros_like(layer_input)
-                for direction in range(D):
+                results = self._backward_layer(kernels, layer, entry["caches"], layer_input,
+                                               lengths, grad_layer_out, grad_states,
+                                               grad_input, n_threads)
+                for direction, (dh, dc) in enumerate(results):
                     index = layer * D + direction
-                    dh, dc = self._backward_direction(
-                        kernels, layer, direction, index, entry["caches"][direction],
-                        layer_input, lengths, grad_layer_out,
-                        None if grad_states[0] is None else grad_states[0][index],
-                        None if not is_lstm or grad_states[1] is None
-                        else grad_states[1][index],
-                        grad_input, n_threads)
                     grad_h0[index] = dh
                     if is_lstm:
                         grad_c0[index] = dc
@@ -558,6 +554,26 @@ class _RecurrentBase:
                     grad_input *= cache["layers"][layer - 1]["mask"]
                 grad_layer_out = grad_input
         return grad_layer_out, ([grad_h0, grad_c0] if is_lstm else [grad_h0])
+
+    @staticmethod
+    def _grad_state(grad_states, which, index):
+        """dL/dh_n (which 0) or dL/dc_n (which 1) of state ``index``, or None."""
+        if which >= len(grad_states) or grad_states[which] is None:
+            return None
+        return grad_states[which][index]
+
+    def _backward_layer(self, kernels, layer, caches, x, lengths, grad_out, grad_states,
+                        grad_x, n_threads):
+        """Every direction's backward of layer ``layer`` (``caches``: their
+        forward caches), adding to grad_x: a list of ``(dh_0, dc_0 or None)``."""
+        results = []
+        for direction in range(self.num_directions):
+            index = layer * self.num_directions + direction
+            results.append(self._backward_direction(
+                kernels, layer, direction, index, caches[direction], x, lengths, grad_out,
+                self._grad_state(grad_states, 0, index), self._grad_state(grad_states, 1, index),
+                grad_x, n_threads))
+        return results
 
     def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
                             grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
@@ -739,6 +755,28 @@ class _RNNBase(_RecurrentBase):
                 out_col=direction * self.hidden_size))
         return kernels.forward_bidirectional(self._cell, x, directions, lengths, training, out,
                                              n_threads)
+
+    def _backward_layer(self, kernels, layer, caches, x, lengths, grad_out, grad_states,
+                        grad_x, n_threads):
+        # As in _forward_layer: the directions' BPTTs at the same time.
+        if not (kernels is _packed and self.num_directions == 2 and n_threads > 1):
+            return super()._backward_layer(kernels, layer, caches, x, lengths, grad_out,
+                                           grad_states, grad_x, n_threads)
+        directions = []
+        for direction in range(2):
+            index = 2 * layer + direction
+            names = self._names(layer, direction)
+            directions.append(dict(
+                cache=caches[direction], weight_ih=self._params[names[0]],
+                weight_hh=self._params[names[1]], out_col=direction * self.hidden_size,
+                grad_h_n=self._grad_state(grad_states, 0, index),
+                grad_c_n=self._grad_state(grad_states, 1, index),
+                grad_weight_ih=self.grads[names[0]], grad_weight_hh=self.grads[names[1]],
+                grad_bias_ih=self.grads[names[2]] if self.bias else None,
+                grad_bias_hh=self.grads[names[3]] if self.bias else None,
+                workspace=self._workspace(index, "backward")))
+        return kernels.backward_bidirectional(self._cell, x, directions, lengths, grad_out,
+                                              grad_x, n_threads)
 
     def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
                             grad_out, grad_h_n, grad_c_n, grad_x, n_threads):

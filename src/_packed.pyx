@@ -568,6 +568,25 @@ cdef void _run_pair_thread(Job *first, Job *second, int threads_first,
         _run_thread(second, 0, 1)
 
 
+cdef bint _together(Py_ssize_t batch, Py_ssize_t hidden_size, Py_ssize_t total_cols,
+                    Py_ssize_t work, int n_threads) noexcept nogil:
+    """Whether a bidirectional layer's directions run at the same time (each on
+    its share of n_threads) rather than in turn (each on all of them); ``work``:
+    one direction's multiply-adds (below MIN_PARALLEL_WORK one thread is best).
+    At batch 1-3, a direction whose W_hh fills the L2 of one core (1 MB here)
+    runs faster on all the threads, each keeping its share of W_hh in its own
+    cache, than on one: so there the directions take turns. 2 threads,
+    directions together against in turn (ms): LSTM H=256 (1 MB) B=1 0.86 /
+    0.76, B=2 1.20 / 1.10, B=4 1.82 / 1.82; LSTM H=512 B=1 2.12 / 2.02, B=8
+    7.09 / 7.65; LSTM H=224 (784 KB) B=1 0.58 / 0.66; GRU H=256 (768 KB) B=1
+    0.55 / 0.65; RNN H=256 B=1 0.22 / 0.25; LSTM H=128 B=8 0.49 / 0.51. The
+    BPTTs of a training step, LSTM H=128 T=100: B=1 0.43 / 0.48, B=4 1.04 /
+    1.14, B=16 4.68 / 4.93; GRU H=256 B=1 1.61 / 1.83."""
+    return n_threads > 1 and work >= MIN_PARALLEL_WORK and (
+        batch >= MIN_ROWS_PER_THREAD
+        or hidden_size * total_cols * sizeof(float) < TOGETHER_MAX_WEIGHT_BYTES)
+
+
 cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0,
                           c0, lengths, bint reverse, bint training, out, Py_ssize_t out_col,
                           int n_threads, packed, workspace, recurrent_mask):
@@ -705,16 +724,9 @@ def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
         raise ValueError("the two directions must write separate columns of out, got "
                          f"out_col {jobs[0].out_col} and {jobs[1].out_col} for hidden sizes "
                          f"{jobs[0].hidden_size} and {jobs[1].hidden_size}")
-    # At batch 1-3, a direction whose W_hh fills the L2 of one core (1 MB here)
-    # runs faster on all the threads, each keeping its share of W_hh in its own
-    # cache, than on one: so there the directions take turns. 2 threads,
-    # directions together against in turn (ms): LSTM H=256 (1 MB) B=1 0.86 /
-    # 0.76, B=2 1.20 / 1.10, B=4 1.82 / 1.82; LSTM H=512 B=1 2.12 / 2.02, B=8
-    # 7.09 / 7.65; LSTM H=224 (784 KB) B=1 0.58 / 0.66; GRU H=256 (768 KB) B=1
-    # 0.55 / 0.65; RNN H=256 B=1 0.22 / 0.25; LSTM H=128 B=8 0.49 / 0.51.
-    cdef bint together = n_threads > 1 and (
-        jobs[0].batch >= MIN_ROWS_PER_THREAD
-        or jobs[0].hidden_size * jobs[0].total_cols * sizeof(float) < TOGETHER_MAX_WEIGHT_BYTES)
+    cdef bint together = _together(jobs[0].batch, jobs[0].hidden_size, jobs[0].total_cols,
+                                   jobs[0].seq_len * jobs[0].batch * jobs[0].total_cols
+                                   * (jobs[0].input_size + jobs[0].hidden_size), n_threads)
     with nogil:
         if together:
             _launch_pair(&jobs[0], &jobs[1], n_threads)
@@ -980,6 +992,10 @@ cdef struct BackJob:
     const int64_t *lengths
     const float *recurrent_mask   # (B, H) or NULL
     float *dh_rec                 # (B, H) scratch when recurrent_mask is set
+    # How the BPTT runs (_bptt_team): BPTT_ONE thread, or split by BPTT_ROWS or
+    # BPTT_UNITS across `team` threads; unit_groups: GRAD_BLOCK-unit groups.
+    int split, team
+    Py_ssize_t unit_groups
     # Per step when the hidden units are split; at the end of a batch split.
     fr_barrier barrier
 
@@ -996,20 +1012,87 @@ cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ss
     fr_ftz_leave(fp_state)
 
 
-cdef void _backprop_batch_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
-    """One thread's rows of a batch split BPTT (inside a parallel region)."""
-    cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
-    _backprop_rows(job, block_start(job.batch, threads, tid),
-                   block_start(job.batch, threads, tid + 1), 0, unit_groups, 0, tid)
-    if threads > 1:
-        fr_barrier_finish(<fr_barrier *>&job.barrier, threads, tid)
+cdef enum:
+    BPTT_ONE = 0
+    BPTT_ROWS = 1
+    BPTT_UNITS = 2
 
 
-cdef void _backprop_unit_split(const BackJob *job, Py_ssize_t unit_groups) noexcept nogil:
-    """One thread's share of a hidden-unit split BPTT (inside a parallel region)."""
-    cdef int tid = fr_omp_thread_num(), threads = fr_omp_num_threads()
-    _backprop_rows(job, 0, job.batch, block_start(unit_groups, threads, tid),
-                   block_start(unit_groups, threads, tid + 1), threads, tid)
+cdef int _bptt_team(BackJob *job, int n_threads) noexcept nogil:
+    """Choose how the BPTT runs on up to n_threads threads; returns the team size.
+    Rows split across threads (each runs every step) when each gets enough rows;
+    else the hidden units, in groups of GRAD_BLOCK, with a barrier per step (as
+    the forward), when each thread gets at least one whole group (H=65 split
+    64 + 1 was slower than one thread)."""
+    cdef Py_ssize_t H = job.hidden_size
+    job.unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
+    job.split, job.team = BPTT_ONE, 1
+    if n_threads > 1 and job.batch // MIN_ROWS_PER_THREAD > 1:
+        job.split = BPTT_ROWS
+        job.team = min(n_threads, <int>(job.batch // MIN_ROWS_PER_THREAD))
+    elif (n_threads > 1 and H >= 2 * GRAD_BLOCK
+            and job.seq_len * job.batch * job.total_cols * H >= MIN_PARALLEL_WORK):
+        job.split = BPTT_UNITS
+        job.team = min(n_threads, <int>job.unit_groups)
+    if job.team > 1:
+        fr_barrier_init(&job.barrier)
+    return job.team
+
+
+cdef void _bptt_thread(const BackJob *job, int tid) noexcept nogil:
+    """Thread tid's share of the BPTT (of a team of job.team, see _bptt_team)."""
+    cdef int team = job.team
+    if job.split == BPTT_ROWS:
+        _backprop_rows(job, block_start(job.batch, team, tid),
+                       block_start(job.batch, team, tid + 1), 0, job.unit_groups, 0, tid)
+        # The threads of a batch split meet only here (see fr_barrier_finish).
+        fr_barrier_finish(<fr_barrier *>&job.barrier, team, tid)
+    elif job.split == BPTT_UNITS:
+        _backprop_rows(job, 0, job.batch, block_start(job.unit_groups, team, tid),
+                       block_start(job.unit_groups, team, tid + 1), team, tid)
+    else:
+        _bptt_alone(job)
+
+
+cdef void _bptt_alone(const BackJob *job) noexcept nogil:
+    """The whole BPTT on the calling thread."""
+    _backprop_rows(job, 0, job.batch, 0, job.unit_groups, 0, 0)
+
+
+cdef void _bptt(BackJob *job, int n_threads) noexcept nogil:
+    """Run the BPTT of one direction on up to n_threads threads."""
+    if _bptt_team(job, n_threads) <= 1:
+        _bptt_alone(job)
+        return
+    with parallel(num_threads=job.team):
+        if fr_omp_num_threads() == job.team:
+            _bptt_thread(job, fr_omp_thread_num())
+        elif fr_omp_thread_num() == 0:
+            # A smaller team than asked for (OMP_THREAD_LIMIT, nesting).
+            _bptt_alone(job)
+
+
+cdef void _bptt_pair(BackJob *first, BackJob *second, int n_threads) noexcept nogil:
+    """The BPTTs of a bidirectional layer's two directions at the same time, each
+    on its share of the threads (as _launch_pair for the forward)."""
+    cdef int team_first = _bptt_team(first, n_threads // 2)
+    cdef int team_second = _bptt_team(second, n_threads - n_threads // 2)
+    with parallel(num_threads=team_first + team_second):
+        _bptt_pair_thread(first, second, team_first, team_second)
+
+
+cdef void _bptt_pair_thread(BackJob *first, BackJob *second, int team_first,
+                            int team_second) noexcept nogil:
+    cdef int tid = fr_omp_thread_num()
+    if fr_omp_num_threads() == team_first + team_second:
+        if tid < team_first:
+            _bptt_thread(first, tid)
+        else:
+            _bptt_thread(second, tid - team_first)
+    elif tid == 0:
+        # A smaller team than asked for: one thread runs both.
+        _bptt_alone(first)
+        _bptt_alone(second)
 
 
 cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
@@ -1201,6 +1284,186 @@ cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
                               src, cols, dst_rows, dst, K)
 
 
+cdef class _Backward:
+    """One layer direction's backward in three parts: __init__ checks the
+    arguments, packs the weights the products read and fills the BPTT job;
+    the BPTT runs on the job (_bptt, or _bptt_pair for both directions of a
+    layer, without the GIL); products() then computes the gradients of x, the
+    weights and the biases from the gate gradients. The arrays the job points
+    into are attributes, so they live as long as it."""
+    cdef BackJob job
+    cdef int cell, n_threads
+    cdef bint reverse
+    cdef Py_ssize_t input_size
+    cdef object cache, x, gates, grad_h_side, h_seq, dh, dc, dh_other, dh_rec, grad_out
+    cdef object lengths, weight_hh_t, weight_ih_t, order, source_rows, grad_x
+    cdef object grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, workspace
+
+    def __init__(self, int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse,
+                 grad_out, Py_ssize_t out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih,
+                 grad_weight_hh, grad_bias_ih, grad_bias_hh, int n_threads, workspace=None):
+        cdef Py_ssize_t T, B, I, H, U, bc, n_blocks, tc
+        cdef BackJob *job = &self.job
+        if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
+            raise RuntimeError("backward needs the cache of a training-mode forward of these "
+                               "kernels, and can use it once")
+        if cache["cell"] != cell or cache["reverse"] != reverse:
+            raise ValueError("cache comes from a forward of another cell or direction")
+        packed = cache["packed"]
+        h_seq = cache["h_seq"]
+        T, B, H = h_seq.shape[0] - 1, h_seq.shape[1], h_seq.shape[2]
+        I, lengths, dh, dc = check_backward_args(
+            cell, T, B, H, np.float32, x, weight_ih, weight_hh, lengths, grad_out, out_col,
+            grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih,
+            grad_bias_hh, n_threads)
+        if (packed.input_size, packed.hidden_size) != (I, H):
+            raise ValueError("cache comes from a forward of another shape")
+        cache["consumed"] = True
+        U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
+        tc = n_blocks * bc
+        gates = cache["gates"]
+        grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
+        # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
+        order = _packed_order(cell, H, U)
+        source_rows = _source_rows(order, tc)
+        weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t",
+                                       n_threads)
+        weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t",
+                                       n_threads)
+        dh_other = np.empty_like(dh)
+
+        job.cell = cell
+        job.reverse = reverse
+        job.seq_len, job.batch, job.hidden_size = T, B, H
+        job.U, job.block_cols, job.n_blocks, job.total_cols = U, bc, n_blocks, tc
+        job.out_ld, job.out_col = grad_out.shape[2], out_col
+        job.gates = _ptr(gates)
+        job.grad_h_side = _ptr(grad_h_side)
+        job.hn_cache = _ptr(cache["hn"]) if cell == GRU else NULL
+        job.h = _ptr(h_seq)
+        job.c = _ptr(cache["c_seq"]) if cell == LSTM else NULL
+        job.grad_out = _ptr(grad_out)
+        job.weight_hh_t = _ptr(weight_hh_t)
+        job.dh = _ptr(dh)
+        job.dh_other = _ptr(dh_other)
+        job.dc = _ptr(dc) if dc is not None else NULL
+        job.lengths = (<const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None
+                       else NULL)
+        recurrent_mask = cache["recurrent_mask"]
+        dh_rec = None
+        job.recurrent_mask = NULL
+        job.dh_rec = NULL
+        if recurrent_mask is not None:
+            dh_rec = np.empty_like(dh)
+            job.recurrent_mask = <const float *>cnp.PyArray_DATA(recurrent_mask)
+            job.dh_rec = _ptr(dh_rec)
+
+        self.cell, self.n_threads, self.reverse, self.input_size = cell, n_threads, reverse, I
+        self.cache, self.x, self.gates, self.grad_h_side, self.h_seq = (
+            cache, x, gates, grad_h_side, h_seq)
+        self.dh, self.dc, self.dh_other, self.dh_rec = dh, dc, dh_other, dh_rec
+        self.grad_out, self.lengths = grad_out, lengths
+        self.weight_hh_t, self.weight_ih_t = weight_hh_t, weight_ih_t
+        self.order, self.source_rows = order, source_rows
+        self.grad_x, self.grad_weight_ih, self.grad_weight_hh = (
+            grad_x, grad_weight_ih, grad_weight_hh)
+        self.grad_bias_ih, self.grad_bias_hh = grad_bias_ih, grad_bias_hh
+        self.workspace = workspace
+
+    def products(self):
+        """The gradients of x, the weights and the biases (added to the given
+        arrays) once the BPTT has run; returns (dL/dh0, dL/dc0 or None)."""
+        cdef Py_ssize_t T = self.job.seq_len, B = self.job.batch, H = self.job.hidden_size
+        cdef Py_ssize_t I = self.input_size, TB = T * B
+        cdef Py_ssize_t bc = self.job.block_cols, n_blocks = self.job.n_blocks
+        cdef Py_ssize_t tc = self.job.total_cols, nt = bc // TILE
+        cdef Py_ssize_t part, parts, r0, r1, k0, k1, x_blocks
+        cdef unsigned int fp_state
+        cdef int cell = self.cell, n_threads = self.n_threads
+        cdef bint reverse = self.reverse
+        cache, x, gates, grad_h_side = self.cache, self.x, self.gates, self.grad_h_side
+        h_seq, workspace, dh, dc = self.h_seq, self.workspace, self.dh, self.dc
+        grad_x, weight_ih_t, order = self.grad_x, self.weight_ih_t, self.order
+        source_rows, grad_weight_ih, grad_weight_hh = (
+            self.source_rows, self.grad_weight_ih, self.grad_weight_hh)
+        grad_bias_ih, grad_bias_hh = self.grad_bias_ih, self.grad_bias_hh
+        # The products over all steps. Operands that must be row-major with the
+        # steps as the inner dimension are transposed copies (x.T, h_before.T).
+        x_t = _buffer(workspace, "x_t", (I, TB))
+        h_t = _buffer(workspace, "h_t", (H, TB))
+        d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
+        d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
+        # Bias gradients: the column sums of the gate gradients, once for the input
+        # side and, for the GRU only, once more for the recurrent side (elsewhere the
+        # two sides are the same array, and grad_bias_hh gets the same sums).
+        cdef int bias_sums = 0 if grad_bias_ih is None else (2 if cell == GRU else 1)
+        d_bias = _buffer(workspace, "d_bias", (2, tc))
+        ones = _buffer(workspace, "ones", (1, TB))
+        ones.fill(1)
+        cdef float *p_gates = _ptr(gates)
+        cdef float *p_gh = _ptr(grad_h_side)
+        cdef float *p_xt = _ptr(x_t)
+        cdef float *p_ht = _ptr(h_t)
+        cdef float *p_dwi = _ptr(d_weight_ih_t)
+        cdef float *p_dwh = _ptr(d_weight_hh_t)
+        cdef float *p_db = _ptr(d_bias)
+        cdef float *p_ones = _ptr(ones)
+        cdef float *p_dx = _ptr(grad_x)
+        cdef const float *p_wit = _ptr(weight_ih_t)
+        x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
+        parts = max(1, min(n_threads, n_blocks))
+        # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed.
+        # Under recurrent dropout the product read h * mask: its weight gradient too.
+        rec_seq = h_seq if cache["hm_seq"] is None else cache["hm_seq"]
+        cdef const float *p_h_before = _ptr(rec_seq) + (B * H if reverse else 0)
+        cdef const float *p_x = _ptr(x)
+        with nogil:
+            # x.T and h_before.T: row-major with the steps as the inner dimension.
+            _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
+            _transpose(TB, H, p_h_before, H, p_ht, TB, n_threads)
+            for part in prange(parts, num_threads=parts, schedule="static"):
+                fp_state = fr_ftz_enter()
+                k0 = block_start(n_blocks, parts, part)
+                k1 = block_start(n_blocks, parts, part + 1)
+                # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
+                _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+                # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
+                _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+                if bias_sums > 0:
+                    # d_bias[0, own] = dgates.sum(0)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+                if bias_sums > 1:
+                    # d_bias[1, own] = dgates_h.sum(0)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
+                fr_ftz_leave(fp_state)
+            parts = max(1, min(n_threads, TB // 16))
+            for part in prange(parts, num_threads=parts, schedule="static"):
+                fp_state = fr_ftz_enter()
+                r0 = block_start(TB, parts, part)
+                r1 = block_start(TB, parts, part + 1)
+                # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
+                _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
+                      x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
+                fr_ftz_leave(fp_state)
+
+        # Back to PyTorch's layout, added to the gradients:
+        # grad_weight[source_rows[c]] += d_weight.T[:, c] for every packed column c.
+        cdef const int64_t *p_rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
+        cdef float *p_gwi = _ptr(grad_weight_ih)
+        cdef float *p_gwh = _ptr(grad_weight_hh)
+        with nogil:
+            _transpose_add_rows(I, tc, p_dwi, p_rows, p_gwi, n_threads)
+            _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
+        if grad_bias_ih is not None:
+            grad_bias_ih += d_bias[0, order]
+            grad_bias_hh += d_bias[bias_sums - 1, order]
+        return dh, dc
+
+
 def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, grad_out,
              Py_ssize_t out_col, grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh,
              grad_bias_ih, grad_bias_hh, int n_threads, workspace=None):
@@ -1209,155 +1472,43 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     The cache is consumed: its gate activations are overwritten by gradients.
     ``workspace``: as in forward (a different dict from the forward's).
     """
-    cdef BackJob job
-    cdef Py_ssize_t T, B, I, H, TB, U, bc, n_blocks, tc, part, parts, r0, r1, k0, k1, nt
-    cdef Py_ssize_t unit_groups
-    cdef Py_ssize_t x_blocks
-    cdef unsigned int fp_state
-    if not isinstance(cache, dict) or cache.get("consumed", True) or "packed" not in cache:
-        raise RuntimeError("backward needs the cache of a training-mode forward of these "
-                           "kernels, and can use it once")
-    if cache["cell"] != cell or cache["reverse"] != reverse:
-        raise ValueError("cache comes from a forward of another cell or direction")
-    packed = cache["packed"]
-    h_seq = cache["h_seq"]
-    T, B, H = h_seq.shape[0] - 1, h_seq.shape[1], h_seq.shape[2]
-    I, lengths, dh, dc = check_backward_args(
-        cell, T, B, H, np.float32, x, weight_ih, weight_hh, lengths, grad_out, out_col,
-        grad_h_n, grad_c_n, grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih,
-        grad_bias_hh, n_threads)
-    if (packed.input_size, packed.hidden_size) != (I, H):
-        raise ValueError("cache comes from a forward of another shape")
-    cache["consumed"] = True
-    TB = T * B
-    U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
-    tc = n_blocks * bc
-    nt = bc // TILE
-    gates = cache["gates"]
-    grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
-    # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
-    order = _packed_order(cell, H, U)
-    source_rows = _source_rows(order, tc)
-    weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t", n_threads)
-    weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t", n_threads)
-    dh_other = np.empty_like(dh)
-
-    job.cell = cell
-    job.reverse = reverse
-    job.seq_len, job.batch, job.hidden_size = T, B, H
-    job.U, job.block_cols, job.n_blocks, job.total_cols = U, bc, n_blocks, tc
-    job.out_ld, job.out_col = grad_out.shape[2], out_col
-    job.gates = _ptr(gates)
-    job.grad_h_side = _ptr(grad_h_side)
-    job.hn_cache = _ptr(cache["hn"]) if cell == GRU else NULL
-    job.h = _ptr(h_seq)
-    job.c = _ptr(cache["c_seq"]) if cell == LSTM else NULL
-    job.grad_out = _ptr(grad_out)
-    job.weight_hh_t = _ptr(weight_hh_t)
-    job.dh = _ptr(dh)
-    job.dh_other = _ptr(dh_other)
-    job.dc = _ptr(dc) if dc is not None else NULL
-    job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
-    recurrent_mask = cache["recurrent_mask"]
-    dh_rec = None
-    job.recurrent_mask = NULL
-    job.dh_rec = NULL
-    if recurrent_mask is not None:
-        dh_rec = np.empty_like(dh)
-        job.recurrent_mask = <const float *>cnp.PyArray_DATA(recurrent_mask)
-        job.dh_rec = _ptr(dh_rec)
-
-    # The sequential part: rows split across threads (each runs every step) when
-    # each gets enough rows; else the hidden units, in groups of GRAD_BLOCK, with
-    # a barrier per step (as the forward), when each thread gets at least one
-    # whole group (H=65 split 64 + 1 was slower than one thread).
-    parts = max(1, min(n_threads, B // MIN_ROWS_PER_THREAD))
-    unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
-    if parts > 1:
-        fr_barrier_init(&job.barrier)
-        with nogil, parallel(num_threads=parts):
-            _backprop_batch_split(&job, unit_groups)
-    elif (n_threads > 1 and H >= 2 * GRAD_BLOCK
-            and T * B * tc * H >= MIN_PARALLEL_WORK):
-        parts = min(n_threads, unit_groups)
-        fr_barrier_init(&job.barrier)
-        with nogil, parallel(num_threads=parts):
-            _backprop_unit_split(&job, unit_groups)
-    else:
-        _backprop_rows(&job, 0, B, 0, unit_groups, 0, 0)
-
-    # The products over all steps. Operands that must be row-major with the
-    # steps as the inner dimension are transposed copies (x.T, h_before.T).
-    x_t = _buffer(workspace, "x_t", (I, TB))
-    h_t = _buffer(workspace, "h_t", (H, TB))
-    d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
-    d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
-    # Bias gradients: the column sums of the gate gradients, once for the input
-    # side and, for the GRU only, once more for the recurrent side (elsewhere the
-    # two sides are the same array, and grad_bias_hh gets the same sums).
-    cdef int bias_sums = 0 if grad_bias_ih is None else (2 if cell == GRU else 1)
-    d_bias = _buffer(workspace, "d_bias", (2, tc))
-    ones = _buffer(workspace, "ones", (1, TB))
-    ones.fill(1)
-    cdef float *p_gates = _ptr(gates)
-    cdef float *p_gh = _ptr(grad_h_side)
-    cdef float *p_xt = _ptr(x_t)
-    cdef float *p_ht = _ptr(h_t)
-    cdef float *p_dwi = _ptr(d_weight_ih_t)
-    cdef float *p_dwh = _ptr(d_weight_hh_t)
-    cdef float *p_db = _ptr(d_bias)
-    cdef float *p_ones = _ptr(ones)
-    cdef float *p_dx = _ptr(grad_x)
-    cdef const float *p_wit = _ptr(weight_ih_t)
-    x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
-    parts = max(1, min(n_threads, n_blocks))
-    # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed.
-    # Under recurrent dropout the product read h * mask: its weight gradient too.
-    rec_seq = h_seq if cache["hm_seq"] is None else cache["hm_seq"]
-    cdef const float *p_h_before = _ptr(rec_seq) + (B * H if reverse else 0)
-    cdef const float *p_x = _ptr(x)
+    cdef _Backward call = _Backward(
+        cell, cache, x, weight_ih, weight_hh, lengths, reverse, grad_out, out_col, grad_h_n,
+        grad_c_n, grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
+        n_threads, workspace)
     with nogil:
-        # x.T and h_before.T: row-major with the steps as the inner dimension.
-        _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
-        _transpose(TB, H, p_h_before, H, p_ht, TB, n_threads)
-        for part in prange(parts, num_threads=parts, schedule="static"):
-            fp_state = fr_ftz_enter()
-            k0 = block_start(n_blocks, parts, part)
-            k1 = block_start(n_blocks, parts, part + 1)
-            # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
-            _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                  p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
-            _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                  p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            if bias_sums > 0:
-                # d_bias[0, own] = dgates.sum(0)
-                _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                      p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            if bias_sums > 1:
-                # d_bias[1, own] = dgates_h.sum(0)
-                _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                      p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0)
-            fr_ftz_leave(fp_state)
-        parts = max(1, min(n_threads, TB // 16))
-        for part in prange(parts, num_threads=parts, schedule="static"):
-            fp_state = fr_ftz_enter()
-            r0 = block_start(TB, parts, part)
-            r1 = block_start(TB, parts, part + 1)
-            # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
-            _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
-                  x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
-            fr_ftz_leave(fp_state)
+        _bptt(&call.job, n_threads)
+    return call.products()
 
-    # Back to PyTorch's layout, added to the gradients:
-    # grad_weight[source_rows[c]] += d_weight.T[:, c] for every packed column c.
-    cdef const int64_t *p_rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
-    cdef float *p_gwi = _ptr(grad_weight_ih)
-    cdef float *p_gwh = _ptr(grad_weight_hh)
+
+def backward_bidirectional(int cell, x, directions, lengths, grad_out, grad_x, int n_threads):
+    """``backward`` for both directions of one layer, their BPTTs at the same
+    time where that is faster (as in forward_bidirectional). ``directions``:
+    for the forward and the reverse direction, a dict of ``backward``'s
+    per-direction arguments (cache, weight_ih, weight_hh, out_col, grad_h_n,
+    grad_c_n, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh and
+    optionally workspace). Both add to grad_x, in direction order. Returns
+    ``backward``'s result for each direction."""
+    cdef _Backward first, second
+    if len(directions) != 2:
+        raise ValueError("directions must hold the forward and the reverse direction")
+    if (directions[0].get("workspace") is not None
+            and directions[0].get("workspace") is directions[1].get("workspace")):
+        raise ValueError("the two directions need separate workspaces")
+    first, second = [
+        _Backward(cell, d["cache"], x, d["weight_ih"], d["weight_hh"], lengths, index == 1,
+                  grad_out, d["out_col"], d["grad_h_n"], d["grad_c_n"], grad_x,
+                  d["grad_weight_ih"], d["grad_weight_hh"], d["grad_bias_ih"],
+                  d["grad_bias_hh"], n_threads, d.get("workspace"))
+        for index, d in enumerate(directions)]
+    cdef bint together = _together(first.job.batch, first.job.hidden_size,
+                                   first.job.total_cols,
+                                   first.job.seq_len * first.job.batch * first.job.total_cols
+                                   * first.job.hidden_size, n_threads)
     with nogil:
-        _transpose_add_rows(I, tc, p_dwi, p_rows, p_gwi, n_threads)
-        _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
-    if grad_bias_ih is not None:
-        grad_bias_ih += d_bias[0, order]
-        grad_bias_hh += d_bias[bias_sums - 1, order]
-    return dh, dc
+        if together:
+            _bptt_pair(&first.job, &second.job, n_threads)
+        else:
+            _bptt(&first.job, n_threads)
+            _bptt(&second.job, n_threads)
+    return [first.products(), second.products()]

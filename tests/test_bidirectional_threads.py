@@ -1,6 +1,7 @@
 """Bidirectional float32 layers on several threads: the packed kernels run the
-two directions at the same time (_packed.forward_bidirectional), or in turn
-when a direction's W_hh fills a core's cache at small batch. Either way the
+two directions at the same time (_packed.forward_bidirectional, and the BPTTs
+in backward_bidirectional), or in turn when a direction's W_hh fills a core's
+cache at small batch. Either way the
 results are those of one thread and of the NumPy reference, in inference and
 in training (with lengths and recurrent dropout), whatever team OpenMP gives."""
 import os
@@ -15,10 +16,11 @@ from fastrnn import _packed
 
 CELLS = ["LSTM", "GRU", "RNN"]
 # (seq_len, batch, input_size, hidden_size, n_threads): together on 2 threads at
-# batch 1, 4 (batch split inside a direction's team of one) and 9 on 3 threads
-# (the reverse direction's team of 2 splits the batch), batch 2 on 3 threads (a
-# team of 2 splits the hidden units), and in turn (LSTM W_hh of 1 MB, batch 1).
-SHAPES = [(5, 1, 3, 70, 2), (4, 4, 6, 20, 2), (3, 9, 5, 40, 3), (4, 2, 7, 130, 3),
+# batch 1 and 4 (a team of one each), batch 9 on 3 threads (the reverse
+# direction's team of 2 splits the batch), batch 2 on 3 threads (a team of 2
+# splits the hidden units), and in turn (LSTM W_hh of 1 MB, batch 1). Each is
+# enough work for two threads (MIN_PARALLEL_WORK) in every cell.
+SHAPES = [(8, 1, 3, 70, 2), (8, 4, 6, 40, 2), (3, 9, 5, 40, 3), (4, 2, 7, 130, 3),
           (3, 1, 8, 256, 2)]
 RTOL, ATOL = 1e-4, 1e-5   # float32 against the float64-accurate reference
 
