@@ -60,6 +60,7 @@ class Row:
     H: int
     num_layers: int = 1
     nonlinearity: str = "tanh"  # RNN only
+    bidirectional: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -70,6 +71,9 @@ class Row:
             raise ValueError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
         if self.kind == "stream" and (self.T != 1 or self.B != 1):
             raise ValueError("stream rows have T=1 and B=1")
+        if self.kind == "stream" and self.bidirectional:
+            raise ValueError("stream rows are unidirectional (a reverse direction needs "
+                             "the whole sequence)")
         for name in ("T", "B", "I", "H", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -84,8 +88,13 @@ class Row:
         return re.sub(r"[^A-Za-z0-9]+", "-", self.name.replace("=", "")).strip("-")
 
     @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
     def name(self):
-        layers = f" L={self.num_layers}" if self.num_layers != 1 else ""
+        layers = (f" L={self.num_layers}" if self.num_layers != 1 else "") + (
+            " bi" if self.bidirectional else "")
         if self.kind == "stream":
             return f"stream {self.cell}{layers} B=1 I={self.I} H={self.H}"
         return f"{self.kind} {self.cell}{layers} T={self.T} B={self.B} I={self.I} H={self.H}"
@@ -95,13 +104,13 @@ class Row:
         return GATES[self.mode]
 
     def layer_input_size(self, layer):
-        return self.I if layer == 0 else self.H
+        return self.I if layer == 0 else self.directions * self.H
 
     @property
     def forward_flops(self):
-        """2*T*B*G*H*(I+H) per layer (one call; for stream rows one step)."""
+        """2*T*B*G*H*(I+H) per layer and direction (one call; for stream rows one step)."""
         return sum(2 * self.T * self.B * self.gates * self.H * (self.layer_input_size(l) + self.H)
-                   for l in range(self.num_layers))
+                   for l in range(self.num_layers)) * self.directions
 
     @property
     def flops(self):
@@ -116,7 +125,7 @@ class Row:
         for l in range(self.num_layers):
             cols = self.H + (self.layer_input_size(l) if self.kind == "stream" else 0)
             total += self.gates * self.H * cols * 4
-        return total
+        return total * self.directions
 
     @property
     def steps_streamed(self):
@@ -128,7 +137,8 @@ class Row:
 def parse_row(text):
     """Inverse of ``Row.name``: e.g. "forward LSTM T=3 B=2 I=8 H=8",
     "train LSTM L=2 T=35 B=20 I=650 H=650", "stream GRU B=1 I=64 H=64",
-    "forward RNN(relu) T=10 B=4 I=16 H=16". I defaults to H, L to 1."""
+    "forward RNN(relu) T=10 B=4 I=16 H=16", "forward GRU bi T=50 B=8 H=128"
+    (bidirectional). I defaults to H, L to 1."""
     parts = text.split()
     if len(parts) < 2:
         raise ValueError(f"cannot parse row {text!r}: expected 'KIND CELL K=V ...'")
@@ -140,11 +150,15 @@ def parse_row(text):
     mode = match.group(1).upper()
     nonlinearity = (match.group(2) or "tanh").lower()
     values = {}
+    bidirectional = False
     for part in parts[2:]:
+        if part.lower() == "bi":
+            bidirectional = True
+            continue
         key, sep, value = part.partition("=")
         if not sep or key.upper() not in ("T", "B", "I", "H", "L") or not value.isdigit():
             raise ValueError(f"cannot parse row {text!r}: bad field {part!r} "
-                             f"(expected T=, B=, I=, H=, L= with integers)")
+                             f"(expected bi, or T=, B=, I=, H=, L= with integers)")
         values[key.upper()] = int(value)
     if "H" not in values:
         raise ValueError(f"cannot parse row {text!r}: H= is required")
@@ -154,7 +168,7 @@ def parse_row(text):
     if T is None or B is None:
         raise ValueError(f"cannot parse row {text!r}: T= and B= are required")
     return Row(kind, mode, T, B, values.get("I", values["H"]), values["H"],
-               values.get("L", 1), nonlinearity)
+               values.get("L", 1), nonlinearity, bidirectional)
 
 
 def _suite():
@@ -195,7 +209,7 @@ class Problem:
     row: Row
     weights: Dict[str, np.ndarray]   # PyTorch names, float32
     x: np.ndarray                    # (T, B, I); stream rows: unused (see xs)
-    grad_out: Optional[np.ndarray]   # (T, B, H) for train rows
+    grad_out: Optional[np.ndarray]   # (T, B, directions * H) for train rows
     xs: Optional[np.ndarray]         # stream rows: (n, 1, 1, I), one input per step
     steps: int                       # stream rows: steps per timed unit
     check_steps: int                 # stream rows: steps of the agreement check
@@ -204,8 +218,8 @@ class Problem:
 def make_layer(row, impl="cython", seed=0, n_threads=None):
     import fastrnn
     cls = getattr(fastrnn, row.mode)
-    kwargs = dict(num_layers=row.num_layers, dtype="float32", seed=seed, impl=impl,
-                  n_threads=n_threads)
+    kwargs = dict(num_layers=row.num_layers, bidirectional=row.bidirectional,
+                  dtype="float32", seed=seed, impl=impl, n_threads=n_threads)
     if row.mode == "RNN":
         kwargs["nonlinearity"] = row.nonlinearity
     return cls(row.I, row.H, **kwargs)
@@ -222,7 +236,7 @@ def make_problem(row, seed=0, steps=100, check_steps=20):
         xs = rng.standard_normal((max(steps, check_steps), 1, 1, row.I)).astype(np.float32)
         return Problem(row, weights, xs[0], None, xs, steps, check_steps)
     x = rng.standard_normal((row.T, row.B, row.I)).astype(np.float32)
-    grad_out = (rng.standard_normal((row.T, row.B, row.H)).astype(np.float32)
+    grad_out = (rng.standard_normal((row.T, row.B, row.directions * row.H)).astype(np.float32)
                 if row.kind == "train" else None)
     return Problem(row, weights, x, grad_out, None, 1, 0)
 
@@ -375,7 +389,7 @@ class TorchEngine(Engine):
     def _module(self, problem):
         import torch
         row = problem.row
-        kwargs = dict(num_layers=row.num_layers)
+        kwargs = dict(num_layers=row.num_layers, bidirectional=row.bidirectional)
         if row.mode == "RNN":
             kwargs["nonlinearity"] = row.nonlinearity
         module = getattr(torch.nn, row.mode)(row.I, row.H, **kwargs).float()
@@ -513,54 +527,64 @@ def _onnx_gates(array, mode, hidden):
 
 def onnx_model(row, weights):
     """An ONNX model of ``row``'s layer: inputs "x" (T, B, I) and per layer
-    "h0_l{k}" (and "c0_l{k}") of shape (1, B, H); outputs "out" (T, B, H),
-    "h_n" (L, B, H) and for LSTM "c_n". Built with ``onnx.helper`` from the
-    ONNX LSTM/GRU/RNN operators (GRU with linear_before_reset=1, PyTorch's)."""
+    "h0_l{k}" (and "c0_l{k}") of shape (D, B, H) (D = 2 directions for a
+    bidirectional row, else 1); outputs "out" (T, B, D*H), "h_n" (L*D, B, H)
+    and for LSTM "c_n". Built with ``onnx.helper`` from the ONNX LSTM/GRU/RNN
+    operators (GRU with linear_before_reset=1, PyTorch's)."""
     from onnx import TensorProto, checker, helper, numpy_helper
 
-    mode, H, T, B = row.mode, row.H, row.T, row.B
+    mode, H, T, B, D = row.mode, row.H, row.T, row.B, row.directions
+    suffixes = ["", "_reverse"][:D]
     is_lstm = mode == "LSTM"
     inits, nodes, inputs = [], [], [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, row.I])]
     layer_input = "x"
     finals = {"h": [], "c": []}
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "squeeze_axes"))
+    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "out_shape"))
     for l in range(row.num_layers):
-        W = _onnx_gates(weights[f"weight_ih_l{l}"], mode, H)[None]
-        R = _onnx_gates(weights[f"weight_hh_l{l}"], mode, H)[None]
-        Bias = np.concatenate([_onnx_gates(weights[f"bias_ih_l{l}"], mode, H),
-                               _onnx_gates(weights[f"bias_hh_l{l}"], mode, H)])[None]
+        W = np.stack([_onnx_gates(weights[f"weight_ih_l{l}{d}"], mode, H) for d in suffixes])
+        R = np.stack([_onnx_gates(weights[f"weight_hh_l{l}{d}"], mode, H) for d in suffixes])
+        Bias = np.stack([np.concatenate([_onnx_gates(weights[f"bias_ih_l{l}{d}"], mode, H),
+                                         _onnx_gates(weights[f"bias_hh_l{l}{d}"], mode, H)])
+                         for d in suffixes])
         for name, value in (("W", W), ("R", R), ("B", Bias)):
             inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_l{l}"))
         states = ["h"] + (["c"] if is_lstm else [])
         for s in states:
             inputs.append(helper.make_tensor_value_info(f"{s}0_l{l}", TensorProto.FLOAT,
-                                                        [1, B, H]))
+                                                        [D, B, H]))
         node_inputs = [layer_input, f"W_l{l}", f"R_l{l}", f"B_l{l}", "", f"h0_l{l}"]
         if is_lstm:
             node_inputs.append(f"c0_l{l}")
         node_outputs = [f"Y_l{l}"] + [f"Y{s}_l{l}" for s in states]
-        attrs = {"hidden_size": H, "direction": "forward"}
+        attrs = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
         if mode == "GRU":
             attrs["linear_before_reset"] = 1
         if mode == "RNN":
-            attrs["activations"] = ["Tanh" if row.nonlinearity == "tanh" else "Relu"]
+            attrs["activations"] = ["Tanh" if row.nonlinearity == "tanh" else "Relu"] * D
         nodes.append(helper.make_node(mode, node_inputs, node_outputs, name=f"{mode}_l{l}",
                                       **attrs))
-        # Y is (T, num_directions=1, B, H): drop the direction axis.
         layer_out = "out" if l == row.num_layers - 1 else f"seq_l{l}"
-        nodes.append(helper.make_node("Squeeze", [f"Y_l{l}", "squeeze_axes"], [layer_out]))
+        if D == 1:
+            # Y is (T, num_directions=1, B, H): drop the direction axis.
+            nodes.append(helper.make_node("Squeeze", [f"Y_l{l}", "squeeze_axes"], [layer_out]))
+        else:
+            # Y is (T, 2, B, H): to (T, B, 2, H), then (T, B, 2*H) as PyTorch's out.
+            nodes.append(helper.make_node("Transpose", [f"Y_l{l}"], [f"Yt_l{l}"],
+                                          perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [f"Yt_l{l}", "out_shape"], [layer_out]))
         layer_input = layer_out
         for s in states:
             finals[s].append(f"Y{s}_l{l}")
-    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [T, B, H])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [T, B, D * H])]
     for s in ["h"] + (["c"] if is_lstm else []):
         if len(finals[s]) == 1:
             nodes.append(helper.make_node("Identity", finals[s], [f"{s}_n"]))
         else:
             nodes.append(helper.make_node("Concat", finals[s], [f"{s}_n"], axis=0))
         outputs.append(helper.make_tensor_value_info(f"{s}_n", TensorProto.FLOAT,
-                                                     [row.num_layers, B, H]))
+                                                     [row.num_layers * D, B, H]))
     graph = helper.make_graph(nodes, f"fastrnn_bench_{mode}", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               producer_name="fastrnn-bench")
@@ -599,17 +623,19 @@ class OrtEngine(Engine):
         states = ["h"] + (["c"] if is_lstm else [])
         output_names = ["out"] + [f"{s}_n" for s in states]
 
+        D = row.directions
+
         def feeds(x, state_arrays):
             fed = {"x": x}
             for s, array in zip(states, state_arrays):
                 for l in range(row.num_layers):
-                    fed[f"{s}0_l{l}"] = array[l:l + 1]
+                    fed[f"{s}0_l{l}"] = array[l * D:(l + 1) * D]
             return fed
 
         def named(results):
             return {k: np.array(v, np.float32) for k, v in zip(output_names, results)}
 
-        zeros = [np.zeros((row.num_layers, row.B, row.H), np.float32) for _ in states]
+        zeros = [np.zeros((row.num_layers * D, row.B, row.H), np.float32) for _ in states]
         if row.kind == "forward":
             fed = feeds(problem.x, zeros)
 
@@ -1221,8 +1247,9 @@ def add_arguments(parser):
                              "any (case-insensitive), e.g. 'forward LSTM,stream'")
     parser.add_argument("--row", action="append", default=[], metavar="SPEC",
                         help="an extra row, e.g. 'forward LSTM T=3 B=2 I=8 H=8' or "
-                             "'stream GRU H=64' or 'train LSTM L=2 T=35 B=20 H=650' "
-                             "(repeatable; with --row only these rows run unless --rows)")
+                             "'stream GRU H=64' or 'train LSTM L=2 T=35 B=20 H=650' or "
+                             "'forward GRU bi T=50 B=8 H=128' (bi: bidirectional; "
+                             "repeatable; with --row only these rows run unless --rows)")
     parser.add_argument("--list", action="store_true",
                         help="list the rows (those selected by --rows/--row) and exit")
     parser.add_argument("--threads", default="1,2",

@@ -99,7 +99,9 @@ def test_wrong_engine_is_reported_as_disagreeing():
 
 @pytest.mark.parametrize("spec", ["forward LSTM T=3 B=2 I=5 H=6", "train GRU T=3 B=2 I=5 H=6",
                                   "train LSTM L=2 T=3 B=2 I=5 H=6", "stream LSTM I=5 H=6",
-                                  "forward RNN(relu) T=3 B=2 I=5 H=6"])
+                                  "forward RNN(relu) T=3 B=2 I=5 H=6",
+                                  "train LSTM L=2 bi T=3 B=2 I=5 H=6",
+                                  "forward GRU bi T=3 B=2 I=5 H=6"])
 def test_torch_agrees(spec):
     pytest.importorskip("torch")
     row = _bench.parse_row(spec)
@@ -115,7 +117,10 @@ def test_torch_agrees(spec):
 @pytest.mark.parametrize("spec", ["forward LSTM T=3 B=2 I=5 H=6", "forward GRU T=3 B=2 I=5 H=6",
                                   "forward RNN(tanh) T=3 B=2 I=5 H=6",
                                   "forward RNN(relu) T=3 B=2 I=5 H=6",
-                                  "forward LSTM L=2 T=3 B=2 I=5 H=6", "stream GRU I=5 H=6"])
+                                  "forward LSTM L=2 T=3 B=2 I=5 H=6", "stream GRU I=5 H=6",
+                                  "forward LSTM L=2 bi T=3 B=2 I=5 H=6",
+                                  "forward GRU bi T=3 B=2 I=5 H=6",
+                                  "forward RNN(relu) L=2 bi T=3 B=2 I=5 H=6"])
 def test_onnxruntime_agrees(spec):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -133,6 +138,13 @@ def test_rows_flops_and_parse():
     assert row.flops == 2 * 100 * 1 * 4 * 256 * (256 + 256)
     train = _bench.Row("train", "GRU", 50, 32, 256, 256)
     assert train.flops == 3 * 2 * 50 * 32 * 3 * 256 * 512
+    # Bidirectional: both directions' FLOPs and weights; layer 2 reads 2*H features.
+    bi = _bench.parse_row("forward LSTM L=2 bi T=10 B=4 I=8 H=16")
+    assert bi.bidirectional and bi.name == "forward LSTM L=2 bi T=10 B=4 I=8 H=16"
+    assert bi.flops == 2 * (2 * 10 * 4 * 4 * 16 * (8 + 16) + 2 * 10 * 4 * 4 * 16 * (32 + 16))
+    assert bi.weight_bytes_per_step == 2 * 2 * 4 * 16 * 16 * 4
+    with pytest.raises(ValueError, match="unidirectional"):
+        _bench.parse_row("stream LSTM bi H=8")
     two = _bench.Row("train", "LSTM", 35, 20, 650, 650, num_layers=2)
     assert two.forward_flops == 2 * (2 * 35 * 20 * 4 * 650 * 1300)
     with pytest.raises(ValueError):
