@@ -700,12 +700,13 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
 
 def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
                           int n_threads):
-    """Both directions of one layer, at the same time (see _launch_pair) where
-    that is faster, each writing its columns of ``out``. ``directions``: for the forward and the
-    reverse direction, a dict of ``forward``'s per-direction arguments
-    (weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, out_col, and optionally
-    packed, workspace, recurrent_mask). Returns ``forward``'s result for each.
-    The workspaces must be distinct (each direction's buffers are its own)."""
+    """Both directions of one layer, at the same time where that is faster (see
+    _together, _launch_pair), each writing its columns of ``out``.
+    ``directions``: for the forward and the reverse direction, a dict of
+    ``forward``'s per-direction arguments (weight_ih, weight_hh, bias_ih,
+    bias_hh, h0, c0, out_col, and optionally packed, workspace, recurrent_mask).
+    Returns ``forward``'s result for each. The workspaces must be distinct (each
+    direction's buffers are its own)."""
     cdef Job jobs[2]
     if len(directions) != 2:
         raise ValueError("directions must hold the forward and the reverse direction")
