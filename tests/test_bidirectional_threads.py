@@ -130,7 +130,7 @@ def test_forward_bidirectional_rejects_shared_buffers():
         _packed.forward_bidirectional(layer._cell, x, [first], None, False, out, 2)
 
 
-def test_a_smaller_openmp_team_still_computes_both_directions():
+def test_a_smaller_openmp_team_still_computes_both_directions(tmp_path):
     # With OMP_THREAD_LIMIT=1 the region gets one thread, which runs both
     # directions (_run_pair_thread); the result is that of n_threads=1.
     code = (
@@ -141,9 +141,11 @@ def test_a_smaller_openmp_team_still_computes_both_directions():
         "assert np.allclose(a(x)[0], b(x)[0], rtol=1e-6, atol=1e-7)\n"
         "assert np.abs(a(x)[0][:, :, 40:]).max() > 0\n"
         "print('ok')\n")
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    # The package under test (installed, or a checkout built in place) first on
+    # the path; cwd elsewhere, where no uncompiled checkout can shadow it.
+    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
