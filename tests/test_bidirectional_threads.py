@@ -50,8 +50,13 @@ def test_inference_matches_one_thread_and_reference(mode, shape):
     fast, one, ref = _layers(mode, I, H, n_threads)
     for layer in (fast, one, ref):
         layer.eval()
-    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
-    results = [layer(x) for layer in (fast, one, ref)]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    # Initial states and lengths (the reverse direction starts at each length).
+    h0 = rng.standard_normal((4, B, H)).astype(np.float32)
+    hx = (h0, rng.standard_normal((4, B, H)).astype(np.float32)) if mode == "LSTM" else h0
+    lengths = rng.integers(1, T + 1, size=B)
+    results = [layer(x, hx, lengths=lengths) for layer in (fast, one, ref)]
     _assert_close(results[0][0], results[1][0], 1e-6, 1e-7, "out vs 1 thread")
     _assert_close(results[0][0], results[2][0], RTOL, ATOL, "out vs reference")
     for got, single, want in zip(*(_states(r) for r in results)):
