@@ -818,6 +818,141 @@ cdef class Stepper:
             memcpy(c_out, self.job.c + size, size * sizeof(float))
 
 
+cdef class SequenceRunner:
+    """A unidirectional layer's inference forward over whole sequences, with
+    the job and its buffers set up once per batch size (as Stepper for single
+    steps): a call sets the sequence length, the input, the output and the
+    state, and runs; what ``forward`` spends checking and preparing its
+    arguments (several microseconds, as much as a short sequence's arithmetic)
+    is not paid again. The same job as ``forward``'s inference: the same results."""
+    cdef Job job
+    cdef readonly PackedWeights packed
+    cdef readonly Py_ssize_t batch
+    cdef readonly int n_threads
+    cdef object gates, gates_h, h, c
+
+    def __init__(self, PackedWeights packed, Py_ssize_t batch, int n_threads):
+        cdef Py_ssize_t H, bc, n_blocks, tc
+        cdef Job *job = &self.job
+        if batch < 1 or n_threads < 1:
+            raise ValueError(f"batch and n_threads must be >= 1, got {batch}, {n_threads}")
+        H, bc, n_blocks = packed.hidden_size, packed.block_cols, packed.n_blocks
+        tc = n_blocks * bc
+        self.packed, self.batch, self.n_threads = packed, batch, n_threads
+        # The longest chunk forward uses (see PROJECTION_ROWS).
+        self.gates = aligned_empty((max(1, PROJECTION_ROWS // batch), batch, tc))
+        self.gates_h = aligned_empty((batch, tc)) if packed.cell == GRU else None
+        self.h = aligned_empty((2, batch, H))
+        self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
+        job.cell = packed.cell
+        job.reverse = job.training = False
+        job.stream = job.stream_phase = False
+        job.batch, job.input_size, job.hidden_size = batch, packed.input_size, H
+        job.U, job.block_cols, job.n_blocks, job.total_cols = packed.units, bc, n_blocks, tc
+        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = tc, bc, TILE
+        job.tiles = bc // TILE
+        job.gate_stride = packed.units if job.tiles == 1 else TILE
+        job.out_col = 0
+        job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
+        job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
+        job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
+        job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
+                       if packed.bias_hn is not None else NULL)
+        job.gates = <float *>cnp.PyArray_DATA(self.gates)
+        job.gates_h = <float *>cnp.PyArray_DATA(self.gates_h) if self.gates_h is not None else NULL
+        job.hn_cache = NULL
+        job.h = <float *>cnp.PyArray_DATA(self.h)
+        job.c = <float *>cnp.PyArray_DATA(self.c) if self.c is not None else NULL
+        job.lengths = NULL
+        job.hm = NULL
+        job.recurrent_mask = NULL
+
+    cdef void _run(self, const float *x, Py_ssize_t seq_len, const float *h0, const float *c0,
+                   float *out, float *h_n, float *c_n) noexcept:
+        """x (seq_len, batch, input_size) -> out (seq_len, batch, hidden); h0/c0
+        the initial state (NULL: zeros), h_n/c_n the final one (c0, c_n: LSTM)."""
+        cdef Job *job = &self.job
+        cdef Py_ssize_t size = self.batch * job.hidden_size, last = seq_len % 2
+        job.seq_len = seq_len
+        job.chunk = min(seq_len, max(1, PROJECTION_ROWS // self.batch))
+        job.x, job.out, job.out_ld = x, out, job.hidden_size
+        if h0 != NULL:
+            memcpy(job.h, h0, size * sizeof(float))
+        else:
+            memset(job.h, 0, size * sizeof(float))
+        if job.c != NULL:
+            if c0 != NULL:
+                memcpy(job.c, c0, size * sizeof(float))
+            else:
+                memset(job.c, 0, size * sizeof(float))
+        with nogil:
+            _launch(job, self.n_threads)
+        memcpy(h_n, job.h + last * size, size * sizeof(float))
+        if job.c != NULL:
+            memcpy(c_n, job.c + last * size, size * sizeof(float))
+
+
+def forward_cached(dict runners_by_key, x, hx, int n_threads):
+    """Layer.forward's fast path in inference: stacked unidirectional layers
+    whose SequenceRunners are in ``runners_by_key[(batch, n_threads)]``, x a
+    float32 C-contiguous (seq_len, batch, input_size) array, hx None (zeros) or
+    forward's state arrays, float32 C-contiguous. Returns (out, h_n, c_n), or
+    None when there are no runners for this batch or an argument needs
+    converting or checking (the caller then takes the long way, which also
+    gives the errors)."""
+    cdef cnp.ndarray xa
+    cdef SequenceRunner first, runner
+    cdef Py_ssize_t T, B, L, H, l
+    cdef bint lstm
+    cdef cnp.npy_intp shape[3]
+    cdef const float *layer_input
+    cdef float *out_ptr
+    if type(x) is not np.ndarray:
+        return None
+    xa = x
+    if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa)
+            or cnp.PyArray_NDIM(xa) != 3):
+        return None
+    T, B = xa.shape[0], xa.shape[1]
+    runners = runners_by_key.get((B, n_threads))
+    if runners is None or T < 1:
+        return None
+    first = runners[0]
+    if xa.shape[2] != first.job.input_size:
+        return None
+    L, H, lstm = len(runners), first.job.hidden_size, first.c is not None
+    h = c = None
+    if hx is not None:
+        if lstm:
+            if type(hx) is not tuple or len(<tuple>hx) != 2:
+                return None
+            h, c = hx
+            if not (_is_state(h, L, B, H, False) and _is_state(c, L, B, H, False)):
+                return None
+        else:
+            h = hx
+            if not _is_state(h, L, B, H, False):
+                return None
+    shape[0], shape[1], shape[2] = L, B, H
+    h_n = _empty_f32(3, shape)
+    c_n = _empty_f32(3, shape) if lstm else None
+    # Each layer's output on a cache line of its own (the threads of a batch
+    # split write their rows of it), the last one returned.
+    out = aligned_empty((T, B, H))
+    between = aligned_empty((T, B, H)) if L > 1 else None
+    layer_input = _ptr(xa)
+    for l in range(L):
+        runner = runners[l]
+        # Layers alternate between the two buffers so that the last writes `out`.
+        out_ptr = _ptr(out) if (L - 1 - l) % 2 == 0 else _ptr(between)
+        runner._run(layer_input, T,
+                    _ptr(h) + l * B * H if h is not None else NULL,
+                    _ptr(c) + l * B * H if c is not None else NULL,
+                    out_ptr, _ptr(h_n) + l * B * H, _ptr(c_n) + l * B * H if lstm else NULL)
+        layer_input = out_ptr
+    return out, h_n, c_n
+
+
 cdef inline cnp.ndarray _empty_f32(int ndim, cnp.npy_intp *shape):
     """A new C-contiguous float32 array, made at C level (np.empty's Python call
     costs more than the whole step of a small layer)."""
