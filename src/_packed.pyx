@@ -737,6 +737,37 @@ def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
     return [_finish_forward(setup) for setup in setups]
 
 
+cdef void _inference_job(Job *job, PackedWeights packed, Py_ssize_t batch, gates, gates_h,
+                         h, c) except *:
+    """The fields of an inference job (forward over a sequence, or a streaming
+    step) that do not change from call to call: the weights, row-major gates of
+    ``batch`` rows (gates_h for the GRU's recurrent part, or a Stepper's), the
+    double-buffered state h (and c for the LSTM); no lengths, no dropout."""
+    cdef Py_ssize_t bc = packed.block_cols, tc = packed.n_blocks * packed.block_cols
+    job.cell = packed.cell
+    job.reverse = job.training = False
+    job.stream = job.stream_phase = False
+    job.batch, job.input_size, job.hidden_size = batch, packed.input_size, packed.hidden_size
+    job.U, job.block_cols, job.n_blocks, job.total_cols = packed.units, bc, packed.n_blocks, tc
+    job.gates_ld, job.gates_block_stride, job.gates_tile_stride = tc, bc, TILE
+    job.tiles = bc // TILE
+    job.gate_stride = packed.units if job.tiles == 1 else TILE
+    job.out_col = 0
+    job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
+    job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
+    job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
+    job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
+                   if packed.bias_hn is not None else NULL)
+    job.gates = _ptr(gates)
+    job.gates_h = _ptr(gates_h) if gates_h is not None else NULL
+    job.hn_cache = NULL
+    job.h = _ptr(h)
+    job.c = _ptr(c) if c is not None else NULL
+    job.lengths = NULL
+    job.hm = NULL
+    job.recurrent_mask = NULL
+
+
 cdef class Stepper:
     """One time step of one layer direction for streaming inference, with the
     job and its buffers set up once, so a step costs little more than its
@@ -760,33 +791,13 @@ cdef class Stepper:
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         job = &self.job
-        job.cell = packed.cell
-        job.reverse = False
-        job.training = False
-        job.stream, job.stream_phase = True, False
-        job.seq_len, job.batch = 1, batch
-        job.input_size, job.hidden_size = packed.input_size, H
-        job.U, job.block_cols, job.n_blocks = packed.units, bc, n_blocks
-        job.total_cols, job.chunk = n_blocks * bc, 1
-        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = n_blocks * bc, bc, TILE
-        job.tiles = bc // TILE
-        job.gate_stride = packed.units
+        _inference_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
+        # One step a call; the two products into separate buffers (see Job).
+        job.stream = True
+        job.seq_len, job.chunk = 1, 1
         # The step's output is the new state, written straight into h[1].
-        job.out_ld, job.out_col = H, 0
-        job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
-        job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
-        job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
-        job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
-                       if packed.bias_hn is not None else NULL)
-        job.gates = <float *>cnp.PyArray_DATA(self.gates)
-        job.gates_h = <float *>cnp.PyArray_DATA(self.gates_h) if self.gates_h is not None else NULL
-        job.hn_cache = NULL
-        job.h = <float *>cnp.PyArray_DATA(self.h)
-        job.c = <float *>cnp.PyArray_DATA(self.c) if self.c is not None else NULL
+        job.out_ld = H
         job.out = job.h + batch * H
-        job.lengths = NULL
-        job.hm = NULL
-        job.recurrent_mask = NULL
 
     def step(self, cnp.ndarray x, cnp.ndarray h, c, cnp.ndarray h_out, c_out):
         """x (batch, input_size), h/h_out (batch, hidden), c/c_out likewise for
@@ -844,28 +855,7 @@ cdef class SequenceRunner:
         self.gates_h = aligned_empty((batch, tc)) if packed.cell == GRU else None
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
-        job.cell = packed.cell
-        job.reverse = job.training = False
-        job.stream = job.stream_phase = False
-        job.batch, job.input_size, job.hidden_size = batch, packed.input_size, H
-        job.U, job.block_cols, job.n_blocks, job.total_cols = packed.units, bc, n_blocks, tc
-        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = tc, bc, TILE
-        job.tiles = bc // TILE
-        job.gate_stride = packed.units if job.tiles == 1 else TILE
-        job.out_col = 0
-        job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
-        job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
-        job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
-        job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
-                       if packed.bias_hn is not None else NULL)
-        job.gates = <float *>cnp.PyArray_DATA(self.gates)
-        job.gates_h = <float *>cnp.PyArray_DATA(self.gates_h) if self.gates_h is not None else NULL
-        job.hn_cache = NULL
-        job.h = <float *>cnp.PyArray_DATA(self.h)
-        job.c = <float *>cnp.PyArray_DATA(self.c) if self.c is not None else NULL
-        job.lengths = NULL
-        job.hm = NULL
-        job.recurrent_mask = NULL
+        _inference_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
 
     cdef void _run(self, const float *x, Py_ssize_t seq_len, const float *h0, const float *c0,
                    float *out, float *h_n, float *c_n) noexcept:
