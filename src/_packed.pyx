@@ -725,16 +725,21 @@ def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
         raise ValueError("the two directions must write separate columns of out, got "
                          f"out_col {jobs[0].out_col} and {jobs[1].out_col} for hidden sizes "
                          f"{jobs[0].hidden_size} and {jobs[1].hidden_size}")
-    cdef bint together = _together(jobs[0].batch, jobs[0].hidden_size, jobs[0].total_cols,
-                                   jobs[0].seq_len * jobs[0].batch * jobs[0].total_cols
-                                   * (jobs[0].input_size + jobs[0].hidden_size), n_threads)
+    _launch_directions(&jobs[0], &jobs[1], n_threads)
+    return [_finish_forward(setup) for setup in setups]
+
+
+cdef void _launch_directions(Job *first, Job *second, int n_threads) noexcept:
+    """Run a bidirectional layer's two jobs, together or in turn (_together)."""
+    cdef bint together = _together(first.batch, first.hidden_size, first.total_cols,
+                                   first.seq_len * first.batch * first.total_cols
+                                   * (first.input_size + first.hidden_size), n_threads)
     with nogil:
         if together:
-            _launch_pair(&jobs[0], &jobs[1], n_threads)
+            _launch_pair(first, second, n_threads)
         else:
-            _launch(&jobs[0], n_threads)
-            _launch(&jobs[1], n_threads)
-    return [_finish_forward(setup) for setup in setups]
+            _launch(first, n_threads)
+            _launch(second, n_threads)
 
 
 cdef void _inference_job(Job *job, PackedWeights packed, Py_ssize_t batch, gates, gates_h,
@@ -830,8 +835,8 @@ cdef class Stepper:
 
 
 cdef class SequenceRunner:
-    """A unidirectional layer's inference forward over whole sequences, with
-    the job and its buffers set up once per batch size (as Stepper for single
+    """One layer direction's inference forward over whole sequences, with the
+    job and its buffers set up once per batch size (as Stepper for single
     steps): a call sets the sequence length, the input, the output and the
     state, and runs; what ``forward`` spends checking and preparing its
     arguments (several microseconds, as much as a short sequence's arithmetic)
@@ -842,7 +847,8 @@ cdef class SequenceRunner:
     cdef readonly int n_threads
     cdef object gates, gates_h, h, c
 
-    def __init__(self, PackedWeights packed, Py_ssize_t batch, int n_threads):
+    def __init__(self, PackedWeights packed, Py_ssize_t batch, int n_threads,
+                 bint reverse=False):
         cdef Py_ssize_t H, bc, n_blocks, tc
         cdef Job *job = &self.job
         if batch < 1 or n_threads < 1:
@@ -856,16 +862,20 @@ cdef class SequenceRunner:
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         _inference_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
+        job.reverse = reverse
 
-    cdef void _run(self, const float *x, Py_ssize_t seq_len, const float *h0, const float *c0,
-                   float *out, float *h_n, float *c_n) noexcept:
-        """x (seq_len, batch, input_size) -> out (seq_len, batch, hidden); h0/c0
-        the initial state (NULL: zeros), h_n/c_n the final one (c0, c_n: LSTM)."""
+    cdef void _start(self, const float *x, Py_ssize_t seq_len, const float *h0,
+                     const float *c0, float *out, Py_ssize_t out_ld,
+                     Py_ssize_t out_col) noexcept:
+        """Set up a call: x (seq_len, batch, input_size) -> columns out_col ..
+        out_col + hidden of out (seq_len, batch, out_ld); h0/c0 the initial state
+        (NULL: zeros; c0: LSTM). Then run the job (_launch or _launch_pair) and
+        _finish."""
         cdef Job *job = &self.job
-        cdef Py_ssize_t size = self.batch * job.hidden_size, last = seq_len % 2
+        cdef Py_ssize_t size = self.batch * job.hidden_size
         job.seq_len = seq_len
         job.chunk = min(seq_len, max(1, PROJECTION_ROWS // self.batch))
-        job.x, job.out, job.out_ld = x, out, job.hidden_size
+        job.x, job.out, job.out_ld, job.out_col = x, out, out_ld, out_col
         if h0 != NULL:
             memcpy(job.h, h0, size * sizeof(float))
         else:
@@ -875,24 +885,27 @@ cdef class SequenceRunner:
                 memcpy(job.c, c0, size * sizeof(float))
             else:
                 memset(job.c, 0, size * sizeof(float))
-        with nogil:
-            _launch(job, self.n_threads)
+
+    cdef void _finish(self, float *h_n, float *c_n) noexcept:
+        """Copy the final state out (c_n: LSTM)."""
+        cdef Job *job = &self.job
+        cdef Py_ssize_t size = self.batch * job.hidden_size, last = job.seq_len % 2
         memcpy(h_n, job.h + last * size, size * sizeof(float))
         if job.c != NULL:
             memcpy(c_n, job.c + last * size, size * sizeof(float))
 
 
-def forward_cached(dict runners_by_key, x, hx, int n_threads):
-    """Layer.forward's fast path in inference: stacked unidirectional layers
-    whose SequenceRunners are in ``runners_by_key[(batch, n_threads)]``, x a
-    float32 C-contiguous (seq_len, batch, input_size) array, hx None (zeros) or
-    forward's state arrays, float32 C-contiguous. Returns (out, h_n, c_n), or
-    None when there are no runners for this batch or an argument needs
-    converting or checking (the caller then takes the long way, which also
-    gives the errors)."""
+def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1):
+    """Layer.forward's fast path in inference: stacked layers of ``directions``
+    directions whose SequenceRunners (layer-major, then direction) are in
+    ``runners_by_key[(batch, n_threads)]``, x a float32 C-contiguous (seq_len,
+    batch, input_size) array, hx None (zeros) or forward's state arrays, float32
+    C-contiguous. Returns (out, h_n, c_n), or None when there are no runners for
+    this batch or an argument needs converting or checking (the caller then
+    takes the long way, which also gives the errors)."""
     cdef cnp.ndarray xa
-    cdef SequenceRunner first, runner
-    cdef Py_ssize_t T, B, L, H, l
+    cdef SequenceRunner first, runner, reverse
+    cdef Py_ssize_t T, B, L, H, D = directions, l, index, width
     cdef bint lstm
     cdef cnp.npy_intp shape[3]
     cdef const float *layer_input
@@ -905,40 +918,52 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads):
         return None
     T, B = xa.shape[0], xa.shape[1]
     runners = runners_by_key.get((B, n_threads))
-    if runners is None or T < 1:
+    if runners is None or T < 1 or D < 1 or D > 2 or len(runners) % D != 0:
         return None
     first = runners[0]
     if xa.shape[2] != first.job.input_size:
         return None
-    L, H, lstm = len(runners), first.job.hidden_size, first.c is not None
+    L, H, lstm = len(runners) // D, first.job.hidden_size, first.c is not None
     h = c = None
     if hx is not None:
         if lstm:
             if type(hx) is not tuple or len(<tuple>hx) != 2:
                 return None
             h, c = hx
-            if not (_is_state(h, L, B, H, False) and _is_state(c, L, B, H, False)):
+            if not (_is_state(h, L * D, B, H, False) and _is_state(c, L * D, B, H, False)):
                 return None
         else:
             h = hx
-            if not _is_state(h, L, B, H, False):
+            if not _is_state(h, L * D, B, H, False):
                 return None
-    shape[0], shape[1], shape[2] = L, B, H
+    shape[0], shape[1], shape[2] = L * D, B, H
     h_n = _empty_f32(3, shape)
     c_n = _empty_f32(3, shape) if lstm else None
     # Each layer's output on a cache line of its own (the threads of a batch
     # split write their rows of it), the last one returned.
-    out = aligned_empty((T, B, H))
-    between = aligned_empty((T, B, H)) if L > 1 else None
+    width = D * H
+    out = aligned_empty((T, B, width))
+    between = aligned_empty((T, B, width)) if L > 1 else None
     layer_input = _ptr(xa)
     for l in range(L):
-        runner = runners[l]
         # Layers alternate between the two buffers so that the last writes `out`.
         out_ptr = _ptr(out) if (L - 1 - l) % 2 == 0 else _ptr(between)
-        runner._run(layer_input, T,
-                    _ptr(h) + l * B * H if h is not None else NULL,
-                    _ptr(c) + l * B * H if c is not None else NULL,
-                    out_ptr, _ptr(h_n) + l * B * H, _ptr(c_n) + l * B * H if lstm else NULL)
+        for index in range(l * D, (l + 1) * D):
+            runner = runners[index]
+            runner._start(layer_input, T, _ptr(h) + index * B * H if h is not None else NULL,
+                          _ptr(c) + index * B * H if c is not None else NULL, out_ptr, width,
+                          (index - l * D) * H)
+        runner = runners[l * D]
+        if D == 1:
+            with nogil:
+                _launch(&runner.job, n_threads)
+        else:
+            reverse = runners[l * D + 1]
+            _launch_directions(&runner.job, &reverse.job, n_threads)
+        for index in range(l * D, (l + 1) * D):
+            runner = runners[index]
+            runner._finish(_ptr(h_n) + index * B * H,
+                           _ptr(c_n) + index * B * H if lstm else NULL)
         layer_input = out_ptr
     return out, h_n, c_n
 

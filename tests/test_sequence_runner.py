@@ -1,7 +1,7 @@
-"""The inference fast path of unidirectional float32 layers
-(_packed.SequenceRunner, _packed.forward_cached): the same results as the
-general path, which every other case and every error still takes; runners
-follow the weights (load_state_dict, train()) and the thread count."""
+"""The inference fast path of float32 layers (_packed.SequenceRunner,
+_packed.forward_cached): the same results as the general path, which every
+other case and every error still takes; runners follow the weights
+(load_state_dict, train()) and the thread count."""
 import numpy as np
 import pytest
 
@@ -34,13 +34,16 @@ def _hx(mode, layers, B, H, rng):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_state", [False, True], ids=["zeros", "hx"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("mode", CELLS)
-def test_fast_path_equals_general_path(monkeypatch, mode, with_state, shape):
+def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, with_state, shape):
     T, B, I, H, layers, n_threads = shape
+    D = 2 if bidirectional else 1
     rng = np.random.default_rng(0)
-    layer = getattr(fastrnn, mode)(I, H, num_layers=layers, seed=2, n_threads=n_threads).eval()
+    layer = getattr(fastrnn, mode)(I, H, num_layers=layers, bidirectional=bidirectional,
+                                   seed=2, n_threads=n_threads).eval()
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    hx = _hx(mode, layers, B, H, rng) if with_state else None
+    hx = _hx(mode, layers * D, B, H, rng) if with_state else None
     calls = []
     real_run = _packed.forward_cached
 
@@ -50,14 +53,15 @@ def test_fast_path_equals_general_path(monkeypatch, mode, with_state, shape):
     monkeypatch.setattr(_packed, "forward_cached", counted)
     fast = layer(x, hx)
     assert calls and layer._runners, "the fast path was not taken"
-    assert fast[0].shape == (T, B, H) and fast[0].dtype == np.float32
+    assert fast[0].shape == (T, B, D * H) and fast[0].dtype == np.float32
     _general_only(monkeypatch)
     general = layer(x, hx)
     np.testing.assert_array_equal(fast[0], general[0])
     for got, want in zip(_states(fast), _states(general)):
-        assert got.shape == (layers, B, H)
+        assert got.shape == (layers * D, B, H)
         np.testing.assert_array_equal(got, want)
-    ref = getattr(fastrnn, mode)(I, H, num_layers=layers, seed=2, impl="reference").eval()
+    ref = getattr(fastrnn, mode)(I, H, num_layers=layers, bidirectional=bidirectional, seed=2,
+                                 impl="reference").eval()
     np.testing.assert_allclose(fast[0], ref(x, hx)[0], rtol=1e-4, atol=1e-5)
 
 
