@@ -752,35 +752,33 @@ class _RNNBase(_RecurrentBase):
         # The packed kernels call no BLAS: only the BLAS path needs the limit.
         return contextlib.nullcontext() if kernels is _packed else single_threaded_blas()
 
-    def _direction_args(self, kernels, layer, direction, index, h0, training):
-        """A direction's weights and extras for a kernel forward: ``(weight_ih,
-        weight_hh, bias_ih, bias_hh, extras)``, extras the keyword arguments
-        (the recurrent dropout mask; the packed kernels' weights and buffers)."""
+    def _direction_args(self, kernels, layer, direction, index, h0, c0, training):
+        """A direction's arguments of a kernel forward, as keywords (forward and
+        forward_bidirectional take them under the same names)."""
         names = self._names(layer, direction)
         params = self._params
-        weight_ih, weight_hh = params[names[0]], params[names[1]]
-        bias_ih, bias_hh = (params[names[2]], params[names[3]]) if self.bias else (None, None)
+        args = dict(weight_ih=params[names[0]], weight_hh=params[names[1]],
+                    bias_ih=params[names[2]] if self.bias else None,
+                    bias_hh=params[names[3]] if self.bias else None,
+                    h0=h0, c0=c0, out_col=direction * self.hidden_size, recurrent_mask=None)
         # Variational (recurrent) dropout: one mask per sequence and hidden unit,
         # shared by every time step, on the state entering the recurrent product.
-        mask = None
         if training and self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
-            mask = ((self._rng.random(h0.shape) < keep) / keep).astype(self.dtype)
-        extras = {"recurrent_mask": mask}
+            args["recurrent_mask"] = ((self._rng.random(h0.shape) < keep) / keep).astype(
+                self.dtype)
         if kernels is _packed:
             # Inference reuses weights packed once; training packs per call (the
             # weights change between steps).
-            extras["packed"] = None if training else self._packed_weights(index, names)
-            extras["workspace"] = self._workspace(index, training)
-        return weight_ih, weight_hh, bias_ih, bias_hh, extras
+            args["packed"] = None if training else self._packed_weights(index, names)
+            args["workspace"] = self._workspace(index, training)
+        return args
 
     def _forward_direction(self, kernels, layer, direction, index, x, h0, c0, lengths,
                            training, out, n_threads):
-        weight_ih, weight_hh, bias_ih, bias_hh, extras = self._direction_args(
-            kernels, layer, direction, index, h0, training)
-        return kernels.forward(self._cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
-                               lengths, bool(direction), training, out,
-                               direction * self.hidden_size, n_threads, **extras)
+        args = self._direction_args(kernels, layer, direction, index, h0, c0, training)
+        return kernels.forward(self._cell, x, lengths=lengths, reverse=bool(direction),
+                               training=training, out=out, n_threads=n_threads, **args)
 
     def _forward_layer(self, kernels, layer, x, h0, c0, lengths, training, out, n_threads):
         # On two or more threads the packed kernels run a bidirectional layer's
@@ -788,17 +786,29 @@ class _RNNBase(_RecurrentBase):
         if not (kernels is _packed and self.num_directions == 2 and n_threads > 1):
             return super()._forward_layer(kernels, layer, x, h0, c0, lengths, training, out,
                                           n_threads)
-        directions = []
-        for direction in range(2):
-            index = 2 * layer + direction
-            weight_ih, weight_hh, bias_ih, bias_hh, extras = self._direction_args(
-                kernels, layer, direction, index, h0[index], training)
-            directions.append(dict(
-                extras, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih,
-                bias_hh=bias_hh, h0=h0[index], c0=c0[index] if c0 is not None else None,
-                out_col=direction * self.hidden_size))
+        directions = [
+            self._direction_args(kernels, layer, direction, 2 * layer + direction,
+                                 h0[2 * layer + direction],
+                                 c0[2 * layer + direction] if c0 is not None else None,
+                                 training)
+            for direction in range(2)]
         return kernels.forward_bidirectional(self._cell, x, directions, lengths, training, out,
                                              n_threads)
+
+    def _backward_args(self, kernels, layer, direction, index, cache, grad_h_n, grad_c_n):
+        """A direction's arguments of a kernel backward, as keywords (backward and
+        backward_bidirectional take them under the same names)."""
+        names = self._names(layer, direction)
+        grads = self.grads
+        args = dict(cache=cache, weight_ih=self._params[names[0]],
+                    weight_hh=self._params[names[1]], out_col=direction * self.hidden_size,
+                    grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_weight_ih=grads[names[0]],
+                    grad_weight_hh=grads[names[1]],
+                    grad_bias_ih=grads[names[2]] if self.bias else None,
+                    grad_bias_hh=grads[names[3]] if self.bias else None)
+        if kernels is _packed:
+            args["workspace"] = self._workspace(index, "backward")
+        return args
 
     def _backward_layer(self, kernels, layer, caches, x, lengths, grad_out, grad_states,
                         grad_x, n_threads):
@@ -806,34 +816,20 @@ class _RNNBase(_RecurrentBase):
         if not (kernels is _packed and self.num_directions == 2 and n_threads > 1):
             return super()._backward_layer(kernels, layer, caches, x, lengths, grad_out,
                                            grad_states, grad_x, n_threads)
-        directions = []
-        for direction in range(2):
-            index = 2 * layer + direction
-            names = self._names(layer, direction)
-            directions.append(dict(
-                cache=caches[direction], weight_ih=self._params[names[0]],
-                weight_hh=self._params[names[1]], out_col=direction * self.hidden_size,
-                grad_h_n=self._grad_state(grad_states, 0, index),
-                grad_c_n=self._grad_state(grad_states, 1, index),
-                grad_weight_ih=self.grads[names[0]], grad_weight_hh=self.grads[names[1]],
-                grad_bias_ih=self.grads[names[2]] if self.bias else None,
-                grad_bias_hh=self.grads[names[3]] if self.bias else None,
-                workspace=self._workspace(index, "backward")))
+        directions = [
+            self._backward_args(kernels, layer, direction, 2 * layer + direction,
+                                caches[direction],
+                                self._grad_state(grad_states, 0, 2 * layer + direction),
+                                self._grad_state(grad_states, 1, 2 * layer + direction))
+            for direction in range(2)]
         return kernels.backward_bidirectional(self._cell, x, directions, lengths, grad_out,
                                               grad_x, n_threads)
 
     def _backward_direction(self, kernels, layer, direction, index, cache, x, lengths,
                             grad_out, grad_h_n, grad_c_n, grad_x, n_threads):
-        names = self._names(layer, direction)
-        weight_ih, weight_hh = self._params[names[0]], self._params[names[1]]
-        grad_bias = ((self.grads[names[2]], self.grads[names[3]]) if self.bias
-                     else (None, None))
-        args = (self._cell, cache, x, weight_ih, weight_hh, lengths, bool(direction), grad_out,
-                direction * self.hidden_size, grad_h_n, grad_c_n, grad_x,
-                self.grads[names[0]], self.grads[names[1]], *grad_bias, n_threads)
-        if kernels is _packed:
-            return kernels.backward(*args, workspace=self._workspace(index, "backward"))
-        return kernels.backward(*args)
+        args = self._backward_args(kernels, layer, direction, index, cache, grad_h_n, grad_c_n)
+        return kernels.backward(self._cell, x=x, lengths=lengths, reverse=bool(direction),
+                                grad_out=grad_out, grad_x=grad_x, n_threads=n_threads, **args)
 
 
 _COMMON_ARGS = """

@@ -611,7 +611,6 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
     chunk = min(T, max(1, PROJECTION_ROWS // B))
     if training:
         gates = _buffer(workspace, "gates", (n_blocks * (bc // TILE), TB, TILE))
-        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
         states = T + 1
         first = T if reverse else 0
         last = 0 if reverse else T
@@ -619,7 +618,6 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
             hn_cache = _buffer(workspace, "hn", (n_blocks, TB, U), zero=True)
     else:
         gates = _buffer(workspace, "gates", (chunk, B, total_cols))
-        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = total_cols, bc, TILE
         states = 2
         first, last = 0, T % 2
     gates_h = _buffer(workspace, "gates_h", (B, total_cols)) if cell == GRU else None
@@ -636,32 +634,21 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         c = _buffer(workspace, "c", (states, B, H))
         c[first] = c0
 
-    job.cell = cell
+    _base_job(job, packed, B, gates, gates_h, h, c)
+    if training:
+        # The whole sequence's gates, tile-major (the layout backward reads).
+        job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
+        job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
     job.reverse = reverse
     job.training = training
-    job.stream = job.stream_phase = False
-    job.seq_len, job.batch, job.input_size, job.hidden_size = T, B, I, H
-    job.U, job.block_cols, job.n_blocks = U, bc, n_blocks
-    job.total_cols, job.chunk = total_cols, chunk
-    job.tiles = bc // TILE
-    job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
+    job.seq_len, job.chunk = T, chunk
     job.out_ld, job.out_col = out.shape[2], out_col
     job.x = <const float *>cnp.PyArray_DATA(x)
-    job.weight_ih = <const float *>cnp.PyArray_DATA(packed.weight_ih)
-    job.weight_hh = <const float *>cnp.PyArray_DATA(packed.weight_hh)
-    job.bias = <const float *>cnp.PyArray_DATA(packed.bias)
-    job.bias_hn = (<const float *>cnp.PyArray_DATA(packed.bias_hn)
-                   if packed.bias_hn is not None else NULL)
-    job.gates = <float *>cnp.PyArray_DATA(gates)
-    job.gates_h = <float *>cnp.PyArray_DATA(gates_h) if gates_h is not None else NULL
-    job.hn_cache = <float *>cnp.PyArray_DATA(hn_cache) if hn_cache is not None else NULL
-    job.h = <float *>cnp.PyArray_DATA(h)
-    job.c = <float *>cnp.PyArray_DATA(c) if c is not None else NULL
     job.out = <float *>cnp.PyArray_DATA(out)
+    job.hn_cache = _ptr(hn_cache) if hn_cache is not None else NULL
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
-    job.hm = <float *>cnp.PyArray_DATA(hm) if hm is not None else NULL
-    job.recurrent_mask = (<const float *>cnp.PyArray_DATA(recurrent_mask)
-                          if hm is not None else NULL)
+    job.hm = _ptr(hm) if hm is not None else NULL
+    job.recurrent_mask = _ptr(recurrent_mask) if hm is not None else NULL
     return (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm,
             recurrent_mask, lengths, last)
 
@@ -742,12 +729,13 @@ cdef void _launch_directions(Job *first, Job *second, int n_threads) noexcept:
             _launch(second, n_threads)
 
 
-cdef void _inference_job(Job *job, PackedWeights packed, Py_ssize_t batch, gates, gates_h,
-                         h, c) except *:
-    """The fields of an inference job (forward over a sequence, or a streaming
-    step) that do not change from call to call: the weights, row-major gates of
-    ``batch`` rows (gates_h for the GRU's recurrent part, or a Stepper's), the
-    double-buffered state h (and c for the LSTM); no lengths, no dropout."""
+cdef void _base_job(Job *job, PackedWeights packed, Py_ssize_t batch, gates, gates_h, h,
+                    c) except *:
+    """The fields every forward job sets alike: the packed weights and sizes, the
+    buffers (gates, gates_h for a GRU's recurrent part or a Stepper's, the state h
+    and, for the LSTM, c), the inference layout of the gates (row-major, `batch`
+    rows a step), a forward direction, no lengths, no dropout, no streaming.
+    Callers set the rest (sequence length, input, output) and what differs."""
     cdef Py_ssize_t bc = packed.block_cols, tc = packed.n_blocks * packed.block_cols
     job.cell = packed.cell
     job.reverse = job.training = False
@@ -796,7 +784,7 @@ cdef class Stepper:
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         job = &self.job
-        _inference_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
+        _base_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
         # One step a call; the two products into separate buffers (see Job).
         job.stream = True
         job.seq_len, job.chunk = 1, 1
@@ -861,7 +849,7 @@ cdef class SequenceRunner:
         self.gates_h = aligned_empty((batch, tc)) if packed.cell == GRU else None
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
-        _inference_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
+        _base_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
         job.reverse = reverse
 
     cdef void _start(self, const float *x, Py_ssize_t seq_len, const float *h0,
@@ -1443,8 +1431,7 @@ cdef class _Backward:
     weights and the biases from the gate gradients. The arrays the job points
     into are attributes, so they live as long as it."""
     cdef BackJob job
-    cdef int cell, n_threads
-    cdef bint reverse
+    cdef int n_threads
     cdef Py_ssize_t input_size
     cdef object cache, x, gates, grad_h_side, h_seq, dh, dc, dh_other, dh_rec, grad_out
     cdef object lengths, weight_hh_t, weight_ih_t, order, source_rows, grad_x
@@ -1509,7 +1496,7 @@ cdef class _Backward:
             job.recurrent_mask = <const float *>cnp.PyArray_DATA(recurrent_mask)
             job.dh_rec = _ptr(dh_rec)
 
-        self.cell, self.n_threads, self.reverse, self.input_size = cell, n_threads, reverse, I
+        self.n_threads, self.input_size = n_threads, I
         self.cache, self.x, self.gates, self.grad_h_side, self.h_seq = (
             cache, x, gates, grad_h_side, h_seq)
         self.dh, self.dc, self.dh_other, self.dh_rec = dh, dc, dh_other, dh_rec
@@ -1530,8 +1517,8 @@ cdef class _Backward:
         cdef Py_ssize_t tc = self.job.total_cols, nt = bc // TILE
         cdef Py_ssize_t part, parts, r0, r1, k0, k1, x_blocks
         cdef unsigned int fp_state
-        cdef int cell = self.cell, n_threads = self.n_threads
-        cdef bint reverse = self.reverse
+        cdef int cell = self.job.cell, n_threads = self.n_threads
+        cdef bint reverse = self.job.reverse
         cache, x, gates, grad_h_side = self.cache, self.x, self.gates, self.grad_h_side
         h_seq, workspace, dh, dc = self.h_seq, self.workspace, self.dh, self.dc
         grad_x, weight_ih_t, order = self.grad_x, self.weight_ih_t, self.order

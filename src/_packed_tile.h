@@ -10,9 +10,9 @@ typedef FR_V FR_SFX(fr_vec);
  * in segments of seg_k columns, seg_stride apart (one segment when seg_k >= K):
  * a k-blocked A is summed over several of its blocks without storing C. */
 static inline __attribute__((always_inline)) FR_TARGET void FR_SFX(fr_tile)(
-    const int mr, const int nv, ptrdiff_t K, const float *restrict A, ptrdiff_t lda, ptrdiff_t seg_k,
-    ptrdiff_t seg_stride, const float *restrict P, ptrdiff_t ldp, float *restrict C,
-    ptrdiff_t ldc, int accumulate)
+    const int mr, const int nv, ptrdiff_t K, const float *restrict A, ptrdiff_t lda,
+    ptrdiff_t seg_k, ptrdiff_t seg_stride, const float *restrict P, ptrdiff_t ldp,
+    float *restrict C, ptrdiff_t ldc, int accumulate)
 {
     FR_SFX(fr_vec) acc[FR_MR][FR_NV];
 #pragma GCC unroll 8
