@@ -633,18 +633,18 @@ class _RNNBase(_RecurrentBase):
 
     def forward(self, x, hx=None, lengths=None):
         # Inference of float32 layers on the compiled kernels: arrays as the
-        # kernels read them run on jobs prepared once per batch size
-        # (_packed.SequenceRunner): 2.0 us per call of a tiny layer against 10.4
-        # on the general path. Anything else, and every error, takes the general
-        # path.
-        if (lengths is None and not self.training and self._compiled_float32
-                and not self.batch_first):
+        # kernels read them (lengths an int64 array, x in either layout) run on
+        # jobs prepared once per batch size (_packed.SequenceRunner): 2.0 us per
+        # call of a tiny layer against 10.4 on the general path. Anything else,
+        # and every error, takes the general path.
+        if not self.training and self._compiled_float32:
             n_threads = resolve_n_threads(self._n_threads)
-            if type(x) is np.ndarray and x.ndim == 3 and x.shape[2] == self.input_size \
-                    and x.shape[1] >= 1:
-                self._sequence_runners(x.shape[1], n_threads)
+            if type(x) is np.ndarray and x.ndim == 3 and x.shape[2] == self.input_size:
+                batch = x.shape[0] if self.batch_first else x.shape[1]
+                if batch >= 1:
+                    self._sequence_runners(batch, n_threads)
             result = _packed.forward_cached(self._runners, x, hx, n_threads,
-                                            self.num_directions)
+                                            self.num_directions, lengths, self.batch_first)
             if result is not None:
                 self._cache = None
                 out, h_n, c_n = result

@@ -1,6 +1,6 @@
 """The inference fast path of float32 layers (_packed.SequenceRunner,
-_packed.forward_cached): the same results as the general path, which every
-other case and every error still takes; runners follow the weights
+_packed.forward_cached), in both layouts and with lengths: the same results as
+the general path, which every other case and every error still takes; runners follow the weights
 (load_state_dict, train()) and the thread count."""
 import numpy as np
 import pytest
@@ -34,16 +34,26 @@ def _hx(mode, layers, B, H, rng):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_state", [False, True], ids=["zeros", "hx"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("mode", CELLS)
-def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, with_state, shape):
+def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, batch_first,
+                                       with_lengths, with_state, shape):
     T, B, I, H, layers, n_threads = shape
     D = 2 if bidirectional else 1
     rng = np.random.default_rng(0)
     layer = getattr(fastrnn, mode)(I, H, num_layers=layers, bidirectional=bidirectional,
-                                   seed=2, n_threads=n_threads).eval()
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
+                                   batch_first=batch_first, seed=2,
+                                   n_threads=n_threads).eval()
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(np.float32)
     hx = _hx(mode, layers * D, B, H, rng) if with_state else None
+    # Lengths from 1 to seq_len (with 1 and seq_len present from batch 2 on).
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[:2] = [1, T][:B]
+    out_shape = (B, T, D * H) if batch_first else (T, B, D * H)
     calls = []
     real_run = _packed.forward_cached
 
@@ -51,18 +61,22 @@ def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, with_st
         calls.append(1)
         return real_run(*args)
     monkeypatch.setattr(_packed, "forward_cached", counted)
-    fast = layer(x, hx)
+    fast = layer(x, hx, lengths)
     assert calls and layer._runners, "the fast path was not taken"
-    assert fast[0].shape == (T, B, D * H) and fast[0].dtype == np.float32
+    assert layer._cache is None
+    assert fast[0].shape == out_shape and fast[0].dtype == np.float32
     _general_only(monkeypatch)
-    general = layer(x, hx)
+    general = layer(x, hx, lengths)
     np.testing.assert_array_equal(fast[0], general[0])
     for got, want in zip(_states(fast), _states(general)):
         assert got.shape == (layers * D, B, H)
         np.testing.assert_array_equal(got, want)
     ref = getattr(fastrnn, mode)(I, H, num_layers=layers, bidirectional=bidirectional, seed=2,
-                                 impl="reference").eval()
-    np.testing.assert_allclose(fast[0], ref(x, hx)[0], rtol=1e-4, atol=1e-5)
+                                 batch_first=batch_first, impl="reference").eval()
+    expected = ref(x, hx, lengths)
+    np.testing.assert_allclose(fast[0], expected[0], rtol=1e-4, atol=1e-5)
+    for got, want in zip(_states(fast), _states(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_runners_follow_the_weights_and_the_thread_count():
@@ -112,6 +126,28 @@ def test_other_inputs_and_errors_take_the_general_path(mode):
     bad_h = np.zeros((1, 3, 6), np.float32)
     with pytest.raises((ValueError, TypeError), match="shape"):
         layer(x.astype(np.float32), (bad_h, bad_h) if mode == "LSTM" else bad_h)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+def test_other_lengths_and_their_errors_take_the_general_path(batch_first):
+    layer = fastrnn.GRU(4, 6, seed=0, batch_first=batch_first).eval()
+    ref = fastrnn.GRU(4, 6, seed=0, batch_first=batch_first, impl="reference").eval()
+    x = np.random.default_rng(4).standard_normal((3, 5, 4)).astype(np.float32)
+    batch, seq_len = (3, 5) if batch_first else (5, 3)
+    lengths = np.arange(batch) % seq_len + 1
+    # Other integer types, a list, a strided view: converted, same results.
+    twice = np.repeat(lengths, 2)[::2]
+    for given in (lengths.astype(np.int32), lengths.tolist(), twice):
+        np.testing.assert_allclose(layer(x, lengths=given)[0], ref(x, lengths=lengths)[0],
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=f"lengths must be in 1..{seq_len}"):
+        layer(x, lengths=np.full(batch, seq_len + 1))
+    with pytest.raises(ValueError, match=f"lengths must be in 1..{seq_len}"):
+        layer(x, lengths=np.zeros(batch, np.int64))
+    with pytest.raises(ValueError, match=rf"lengths must have shape \({batch},\)"):
+        layer(x, lengths=np.ones(batch + 1, np.int64))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        layer(x, lengths=np.ones(batch))
 
 
 def test_backward_after_an_inference_forward_raises():
