@@ -272,6 +272,9 @@ cdef struct Job:
     # Output of step t, batch row b: out + t * out_step + b * out_ld + out_col
     # (time-major: out_step = batch * out_ld; batch-first: out_ld = seq_len * out_step).
     Py_ssize_t chunk, out_step, out_ld, out_col
+    # Input of step t, batch row b: x + t * x_step + b * x_ld (time-major: x_step =
+    # batch * input_size, x_ld = input_size; batch-first: x_ld = seq_len * x_step).
+    Py_ssize_t x_step, x_ld
     # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
     # and its tiles are gates_tile_stride apart: inference keeps a row-major chunk
     # (ld = total_cols, tiles TILE apart), training the whole sequence tile-major
@@ -382,20 +385,40 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
                    int backwards) noexcept nogil:
     """The input projection of steps [t_lo, t_hi) for one thread's rows [r0, r1)
     and blocks [k0, k1) (all rows, or all blocks)."""
-    cdef Py_ssize_t t, B = job.batch, I = job.input_size, bc = job.block_cols
+    cdef Py_ssize_t t, b, B = job.batch, I = job.input_size, bc = job.block_cols
     cdef Py_ssize_t gld = job.gates_ld, nt = job.tiles
+    cdef float *gates
     if r0 == 0 and r1 == B:
-        # gates[t_lo:t_hi, :, own blocks] (+)= x[t_lo:t_hi] @ weight_ih[own units].T
-        _gemm((t_hi - t_lo) * B, I, job.x + t_lo * B * I, I, 0, 0,
-              job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
-              job.gates + k0 * job.gates_block_stride + (t_lo - first_t) * B * gld, gld,
-              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards)
+        gates = job.gates + k0 * job.gates_block_stride + (t_lo - first_t) * B * gld
+        if job.x_step == B * job.x_ld:
+            # gates[t_lo:t_hi, :, own blocks] (+)= x[t_lo:t_hi] @ weight_ih[own units].T
+            _gemm((t_hi - t_lo) * B, I, job.x + t_lo * job.x_step, job.x_ld, 0, 0,
+                  job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt, gates, gld,
+                  job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards)
+        elif B >= t_hi - t_lo:
+            # A batch-first x, read where it is (no copy of the input), a step
+            # at a time (the larger products: batch rows, not chunk steps):
+            # gates[t, :, own blocks] (+)= x[:, t] @ weight_ih[own units].T
+            for t in range(t_lo, t_hi):
+                _gemm(B, I, job.x + t * job.x_step, job.x_ld, 0, 0,
+                      job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
+                      gates + (t - t_lo) * B * gld, gld, job.gates_tile_stride,
+                      (k1 - k0) * bc, accumulate, backwards)
+        else:
+            # ... or a batch row at a time:
+            # gates[t_lo:t_hi, b, own blocks] (+)= x[b, t_lo:t_hi] @ weight_ih[own units].T
+            for b in range(B):
+                _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + b * job.x_ld, job.x_step,
+                      0, 0, job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
+                      gates + b * gld, B * gld, job.gates_tile_stride, (k1 - k0) * bc,
+                      accumulate, backwards)
     else:
         for t in range(t_lo, t_hi):
             # gates[t, own rows] (+)= x[t, own rows] @ weight_ih.T
-            _gemm(r1 - r0, I, job.x + (t * B + r0) * I, I, 0, 0, job.weight_ih, TILE,
-                  job.n_blocks * nt, job.gates + ((t - first_t) * B + r0) * gld, gld,
-                  job.gates_tile_stride, job.total_cols, accumulate, backwards)
+            _gemm(r1 - r0, I, job.x + t * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0,
+                  job.weight_ih, TILE, job.n_blocks * nt,
+                  job.gates + ((t - first_t) * B + r0) * gld, gld, job.gates_tile_stride,
+                  job.total_cols, accumulate, backwards)
 
 
 cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t col0,
@@ -647,6 +670,7 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
     job.out_ld, job.out_col = out.shape[2], out_col
     job.out_step = B * job.out_ld
     job.x = <const float *>cnp.PyArray_DATA(x)
+    job.x_step, job.x_ld = B * I, I
     job.out = <float *>cnp.PyArray_DATA(out)
     job.hn_cache = _ptr(hn_cache) if hn_cache is not None else NULL
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
@@ -793,6 +817,7 @@ cdef class Stepper:
         job.seq_len, job.chunk = 1, 1
         # The step's output is the new state, written straight into h[1].
         job.out_step = job.out_ld = H
+        job.x_step = job.x_ld = packed.input_size
         job.out = job.h + batch * H
 
     def step(self, cnp.ndarray x, cnp.ndarray h, c, cnp.ndarray h_out, c_out):
@@ -855,11 +880,12 @@ cdef class SequenceRunner:
         _base_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
         job.reverse = reverse
 
-    cdef void _start(self, const float *x, Py_ssize_t seq_len, const float *h0,
-                     const float *c0, const int64_t *lengths, float *out,
-                     Py_ssize_t out_step, Py_ssize_t out_ld, Py_ssize_t out_col) noexcept:
-        """Set up a call: x (seq_len, batch, input_size) -> columns out_col ..
-        out_col + hidden of out (step t, row b at out + t * out_step + b * out_ld);
+    cdef void _start(self, const float *x, Py_ssize_t x_step, Py_ssize_t x_ld,
+                     Py_ssize_t seq_len, const float *h0, const float *c0,
+                     const int64_t *lengths, float *out, Py_ssize_t out_step,
+                     Py_ssize_t out_ld, Py_ssize_t out_col) noexcept:
+        """Set up a call: x (step t, row b at x + t * x_step + b * x_ld) -> columns
+        out_col .. out_col + hidden of out (at out + t * out_step + b * out_ld);
         h0/c0 the initial state (NULL: zeros; c0: LSTM); lengths one per row in
         1..seq_len, checked (NULL: all seq_len). Then run the job (_launch or
         _launch_pair) and _finish."""
@@ -867,7 +893,7 @@ cdef class SequenceRunner:
         cdef Py_ssize_t size = self.batch * job.hidden_size
         job.seq_len = seq_len
         job.chunk = min(seq_len, max(1, PROJECTION_ROWS // self.batch))
-        job.x, job.lengths = x, lengths
+        job.x, job.x_step, job.x_ld, job.lengths = x, x_step, x_ld, lengths
         job.out, job.out_step, job.out_ld, job.out_col = out, out_step, out_ld, out_col
         if h0 != NULL:
             memcpy(job.h, h0, size * sizeof(float))
@@ -901,13 +927,11 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
     which also gives the errors)."""
     cdef cnp.ndarray xa, la
     cdef SequenceRunner first, runner, reverse
-    cdef Py_ssize_t T, B, I, L, H, D = directions, l, index, width, b, t
-    cdef Py_ssize_t out_step, out_ld
+    cdef Py_ssize_t T, B, I, L, H, D = directions, l, index, width, b
+    cdef Py_ssize_t x_step, x_ld, out_step, out_ld
     cdef bint lstm
     cdef cnp.npy_intp shape[3]
     cdef const float *layer_input
-    cdef const float *x_ptr
-    cdef float *x_steps
     cdef float *out_ptr
     cdef const int64_t *lengths_ptr = NULL
     if type(x) is not np.ndarray:
@@ -952,23 +976,15 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
     shape[0], shape[1], shape[2] = L * D, B, H
     h_n = _empty_f32(3, shape)
     c_n = _empty_f32(3, shape) if lstm else None
-    x_ptr = <const float *>cnp.PyArray_DATA(xa)
-    if batch_first and B > 1:
-        # The projection reads a step's rows as one block: the input time-major
-        # (a copy, under 1% of a call: 4.4 us of 441 at T=50 B=8 I=128).
-        shape[0], shape[1], shape[2] = T, B, I
-        steps = _empty_f32(3, shape)
-        x_steps = _ptr(steps)
-        for t in range(T):
-            for b in range(B):
-                memcpy(x_steps + (t * B + b) * I, x_ptr + (b * T + t) * I, I * sizeof(float))
-        x_ptr = x_steps
     # Each layer's output on a cache line of its own (the threads of a batch
     # split write their rows of it), the last one returned in the layout of x.
     width = D * H
     out = aligned_empty((B, T, width) if batch_first else (T, B, width))
     between = aligned_empty((T, B, width)) if L > 1 else None
-    layer_input = x_ptr
+    # The first layer reads x in its layout, the others the previous layer's
+    # output (time-major); the last writes `out` in the layout of x.
+    layer_input = <const float *>cnp.PyArray_DATA(xa)
+    x_step, x_ld = (I, T * I) if batch_first else (B * I, I)
     for l in range(L):
         # Layers alternate between the two buffers so that the last writes `out`.
         out_ptr = _ptr(out) if (L - 1 - l) % 2 == 0 else _ptr(between)
@@ -977,7 +993,8 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
             out_step, out_ld = width, T * width
         for index in range(l * D, (l + 1) * D):
             runner = runners[index]
-            runner._start(layer_input, T, _ptr(h) + index * B * H if h is not None else NULL,
+            runner._start(layer_input, x_step, x_ld, T,
+                          _ptr(h) + index * B * H if h is not None else NULL,
                           _ptr(c) + index * B * H if c is not None else NULL, lengths_ptr,
                           out_ptr, out_step, out_ld, (index - l * D) * H)
         runner = runners[l * D]
@@ -992,6 +1009,7 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
             runner._finish(_ptr(h_n) + index * B * H,
                            _ptr(c_n) + index * B * H if lstm else NULL)
         layer_input = out_ptr
+        x_step, x_ld = B * width, width
     return out, h_n, c_n
 
 

@@ -2,6 +2,8 @@
 _packed.forward_cached), in both layouts and with lengths: the same results as
 the general path, which every other case and every error still takes; runners follow the weights
 (load_state_dict, train()) and the thread count."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,26 @@ def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, batch_f
     np.testing.assert_allclose(fast[0], expected[0], rtol=1e-4, atol=1e-5)
     for got, want in zip(_states(fast), _states(expected)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+def test_inference_memory_is_the_output_and_the_state(batch_first):
+    # No copy of the input (a batch-first one is read where it is) and no
+    # sequence-sized buffer besides the output: the workspace is per batch size
+    # and made by the first call.
+    T, B, I, H = 400, 4, 64, 32
+    layer = fastrnn.LSTM(I, H, batch_first=batch_first, n_threads=1).eval()
+    shape = (B, T, I) if batch_first else (T, B, I)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    layer(x)
+    tracemalloc.start()
+    try:
+        out, (h_n, c_n) = layer(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == ((B, T, H) if batch_first else (T, B, H))
+    assert peak < out.nbytes + h_n.nbytes + c_n.nbytes + 4096, (peak, out.nbytes, x.nbytes)
 
 
 def test_runners_follow_the_weights_and_the_thread_count():
