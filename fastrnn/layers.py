@@ -15,6 +15,7 @@ Conventions a user can rely on:
   starts there: PyTorch's ``pack_padded_sequence(..., enforce_sorted=False)``.
 """
 import contextlib
+import threading
 
 import numpy as np
 
@@ -600,7 +601,52 @@ class _RNNBase(_RecurrentBase):
         self._steppers = {}
         self._runners = {}
         self._workspaces = {}
+        self._init_call_guard()
         self._init_rest(dtype, seed, nonlinearity, impl, n_threads)
+
+    # -- calls from several threads; copies -------------------------------
+
+    def _init_call_guard(self):
+        self._busy = threading.RLock()
+        self._private = threading.local()
+
+    # The buffers and prepared jobs a layer keeps (_workspaces, _runners,
+    # _steppers) hold one call's data at a time: a call uses them holding
+    # _busy. An inference call made while another thread is in a call of this
+    # layer runs on fresh ones instead (_beside), so calls from several threads
+    # run at the same time, each with its own results; training calls (which
+    # share the cache and the gradients) wait their turn. _busy is re-entrant:
+    # a call inside a call in the same thread (step() in training runs forward)
+    # keeps the buffers. (Inline, not a context manager: that would add a
+    # microsecond to every call.)
+
+    def _beside(self, call, *args):
+        """``call(False, *args)`` on fresh buffers (see above)."""
+        self._private.on = True
+        try:
+            return call(False, *args)
+        finally:
+            self._private.on = False
+
+    def __getstate__(self):
+        # Copies (copy.deepcopy) and pickles carry the parameters, gradients and
+        # settings, not what is derived from them: packed weights, prepared jobs
+        # (which hold raw pointers) and buffers are made again by the first call;
+        # a training cache (what backward() needs) does not travel either.
+        state = self.__dict__.copy()
+        state.update(_packed={}, _steppers={}, _runners={}, _workspaces={}, _cache=None)
+        del state["_busy"], state["_private"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_call_guard()
+        # Packing makes the parameters read-only for a while (see
+        # _packed_weights), which needs arrays that own their memory; a pickle
+        # gives arrays over its bytes (read-only ones, if they were): copies.
+        for name, p in self._params.items():
+            if not (p.flags.owndata and p.flags.writeable):
+                self._params[name] = p.copy()
 
     # -- packed float32 inference weights --------------------------------
 
@@ -621,7 +667,10 @@ class _RNNBase(_RecurrentBase):
 
     def _workspace(self, index, kind):
         """Buffers the packed kernels reuse between calls, per layer direction and
-        kind of call (inference, training forward, backward)."""
+        kind of call (inference, training forward, backward); fresh ones for a
+        call that runs beside another (see _call_buffers)."""
+        if getattr(self._private, "on", False):
+            return {}
         return self._workspaces.setdefault((index, kind), {})
 
     def _unpack(self):
@@ -637,36 +686,52 @@ class _RNNBase(_RecurrentBase):
         # jobs prepared once per batch size (_packed.SequenceRunner): about 3 us
         # per call of a tiny layer against 10-16 on the general path, and no copy
         # of the input. Anything else, and every error, takes the general path.
+        if self._busy.acquire(self.training):
+            try:
+                return self._forward(True, x, hx, lengths)
+            finally:
+                self._busy.release()
+        return self._beside(self._forward, x, hx, lengths)
+
+    forward.__doc__ = _RecurrentBase.forward.__doc__
+
+    def _forward(self, kept, x, hx, lengths):
+        """forward, on the kept buffers or (kept False) on fresh ones."""
         if not self.training and self._compiled_float32:
             n_threads = resolve_n_threads(self._n_threads)
+            runners = self._runners if kept else {}
             if type(x) is np.ndarray and x.ndim == 3 and x.shape[2] == self.input_size:
                 batch = x.shape[0] if self.batch_first else x.shape[1]
                 if batch >= 1:
-                    self._sequence_runners(batch, n_threads)
-            result = _packed.forward_cached(self._runners, x, hx, n_threads,
-                                            self.num_directions, lengths, self.batch_first)
+                    self._sequence_runners(runners, batch, n_threads)
+            result = _packed.forward_cached(runners, x, hx, n_threads, self.num_directions,
+                                            lengths, self.batch_first)
             if result is not None:
                 self._cache = None
                 out, h_n, c_n = result
                 return out, ((h_n, c_n) if self._mode == "LSTM" else h_n)
         return super().forward(x, hx, lengths)
 
-    forward.__doc__ = _RecurrentBase.forward.__doc__
+    def backward(self, grad_output, grad_hn=None):
+        with self._busy:
+            return super().backward(grad_output, grad_hn)
+
+    backward.__doc__ = _RecurrentBase.backward.__doc__
 
     #: Batch sizes whose SequenceRunners are kept (each holds buffers of up to
     #: 128 rows of gates per layer); the oldest go first.
     _RUNNER_BATCH_SIZES = 4
 
-    def _sequence_runners(self, batch, n_threads):
+    def _sequence_runners(self, runners_by_key, batch, n_threads):
         """The SequenceRunners of every layer direction (layer-major) for this
-        batch size and thread count."""
+        batch size and thread count, made into runners_by_key if not there."""
         key = (batch, n_threads)
-        runners = self._runners.get(key)
+        runners = runners_by_key.get(key)
         if runners is None:
-            while len(self._runners) >= self._RUNNER_BATCH_SIZES:
-                del self._runners[next(iter(self._runners))]
+            while len(runners_by_key) >= self._RUNNER_BATCH_SIZES:
+                del runners_by_key[next(iter(runners_by_key))]
             D = self.num_directions
-            runners = self._runners[key] = [
+            runners = runners_by_key[key] = [
                 _packed.SequenceRunner(
                     self._packed_weights(index, self._names(index // D, index % D)),
                     batch, n_threads, reverse=bool(index % D))
@@ -688,12 +753,26 @@ class _RNNBase(_RecurrentBase):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: the reverse direction "
                              "needs the whole sequence")
-        fast = not self.training and self._compiled_float32
+        if not self.training and self._compiled_float32:
+            if self._busy.acquire(False):
+                try:
+                    return self._step(True, x, hx)
+                finally:
+                    self._busy.release()
+            return self._beside(self._step, x, hx)
+        # Through forward, which looks after the buffers itself.
+        return self._step(None, x, hx)
+
+    def _step(self, kept, x, hx):
+        """step, on the kept Steppers, fresh ones (kept False) or, kept None,
+        through forward."""
+        fast = kept is not None
+        steppers_by_key = self._steppers if kept else {}
         if fast:
             # The common case (float32 arrays, the state a previous step returned,
             # Steppers made by an earlier step) checked and run at C level;
             # anything else goes the long way below.
-            result = _packed.step_cached(self._steppers, x, hx,
+            result = _packed.step_cached(steppers_by_key, x, hx,
                                          resolve_n_threads(self._n_threads))
             if result is not None:
                 return result
@@ -711,9 +790,9 @@ class _RNNBase(_RecurrentBase):
         batch = x2.shape[0]
         states = self._step_states(hx, batch, unbatched)
         key = (batch, resolve_n_threads(self.n_threads))
-        steppers = self._steppers.get(key)
+        steppers = steppers_by_key.get(key)
         if steppers is None:
-            steppers = self._steppers[key] = [
+            steppers = steppers_by_key[key] = [
                 _packed.Stepper(self._packed_weights(layer, self._names(layer, 0)), *key)
                 for layer in range(self.num_layers)]
         is_lstm = self._mode == "LSTM"

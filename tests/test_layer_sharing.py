@@ -1,0 +1,150 @@
+"""A layer shared: inference calls from several threads at once (each gets its
+own results, although a layer keeps buffers and prepared jobs between calls),
+and copies and pickles of layers that have run (which hold packed weights and
+jobs with raw pointers)."""
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import nn
+
+CELLS = ["LSTM", "GRU", "RNN"]
+THREADS = 4
+CALLS = 40
+
+
+def _run_together(work):
+    """work(i) in THREADS threads started at once; re-raises the first error."""
+    start = threading.Barrier(THREADS)
+    errors = []
+
+    def run(i):
+        try:
+            start.wait()
+            work(i)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(THREADS)]
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_inference_calls_from_several_threads_get_their_own_results(mode, bidirectional,
+                                                                     path):
+    # Each thread calls the same layer on its own input; every call must give
+    # what the same call gives alone (bitwise: the same kernels). "general":
+    # lengths as a list take the general path (its kept work buffers).
+    layer = getattr(fastrnn, mode)(16, 48, num_layers=2, bidirectional=bidirectional, seed=0,
+                                   n_threads=1).eval()
+    xs = _inputs((30, 3, 16))
+    lengths = [30, 17, 5] if path == "general" else None
+    expected = [layer(x, lengths=lengths)[0] for x in xs]
+    wrong = []
+
+    def work(i):
+        for _ in range(CALLS):
+            if not np.array_equal(layer(xs[i], lengths=lengths)[0], expected[i]):
+                wrong.append(i)
+    _run_together(work)
+    assert not wrong, f"{len(wrong)} of {THREADS * CALLS} concurrent calls gave other results"
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_streaming_steps_from_several_threads_get_their_own_results(mode):
+    # Several streams served at once by one layer (step() keeps Steppers).
+    layer = getattr(fastrnn, mode)(8, 32, num_layers=2, seed=1, n_threads=1).eval()
+    streams = _inputs((25, 2, 8), seed=1)
+
+    def run_stream(x):
+        hx, outs = None, []
+        for t in range(len(x)):
+            out, hx = layer.step(x[t], hx)
+            outs.append(out)
+        return np.stack(outs)
+    expected = [run_stream(x) for x in streams]
+    wrong = []
+
+    def work(i):
+        for _ in range(4):
+            if not np.array_equal(run_stream(streams[i]), expected[i]):
+                wrong.append(i)
+    _run_together(work)
+    assert not wrong
+
+
+def test_training_calls_wait_their_turn():
+    # Training calls share the cache and the gradients: a second thread's
+    # forward waits until the first thread's call has finished.
+    layer = fastrnn.LSTM(4, 8, seed=0)
+    x = np.zeros((3, 2, 4), np.float32)
+    entered, release = threading.Event(), threading.Event()
+    original = layer._run_forward
+
+    def slow_run_forward(*args):
+        entered.set()
+        release.wait(10)
+        return original(*args)
+    layer._run_forward = slow_run_forward
+    first = threading.Thread(target=layer, args=(x,))
+    first.start()
+    assert entered.wait(10)
+    entered.clear()
+    second = threading.Thread(target=layer, args=(x,))
+    second.start()
+    assert not entered.wait(0.2), "a second training call ran beside the first"
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert entered.is_set()
+
+
+def _models():
+    return {
+        "LSTM": lambda: fastrnn.LSTM(4, 8, num_layers=2, bidirectional=True, seed=0),
+        "GRU": lambda: fastrnn.GRU(4, 8, seed=0),
+        "RNN": lambda: fastrnn.RNN(4, 8, nonlinearity="relu", seed=0),
+        "LSTM float64": lambda: fastrnn.LSTM(4, 8, dtype="float64", seed=0),
+        "LayerNormLSTM": lambda: fastrnn.LayerNormLSTM(4, 8, seed=0),
+        "Sequential": lambda: nn.Sequential(fastrnn.GRU(4, 8, seed=0), nn.Linear(8, 3, seed=0)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_of_a_layer_that_has_run(name, how):
+    # After inference calls (packed weights, prepared jobs) and a training
+    # step: the copy computes what the original does, and is independent of it.
+    model = _models()[name]()
+    x = np.random.default_rng(2).standard_normal((5, 2, 4)).astype(np.float32)
+    model.train()
+    model(x)
+    model.eval()
+    before = model(x)[0]
+    if hasattr(model, "step") and not getattr(model, "bidirectional", False):
+        model.step(x[0])
+    clone = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert not clone.training
+    np.testing.assert_array_equal(clone(x)[0], before)
+    # Trainable: in-place updates of the copy's parameters change the copy only.
+    clone.train()
+    for p in clone.parameters():
+        p += 0.5
+    clone.eval()
+    assert not np.array_equal(clone(x)[0], before)
+    np.testing.assert_array_equal(model(x)[0], before)
