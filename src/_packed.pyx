@@ -937,8 +937,7 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
     if type(x) is not np.ndarray:
         return None
     xa = x
-    if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa)
-            or cnp.PyArray_NDIM(xa) != 3):
+    if not _is_f32(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or cnp.PyArray_NDIM(xa) != 3:
         return None
     T, B, I = xa.shape[0], xa.shape[1], xa.shape[2]
     if batch_first:
@@ -966,7 +965,8 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
         if type(lengths) is not np.ndarray:
             return None
         la = lengths
-        if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
+        if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or not cnp.PyArray_ISNOTSWAPPED(la)
+                or cnp.PyArray_NDIM(la) != 1
                 or not cnp.PyArray_IS_C_CONTIGUOUS(la) or la.shape[0] != B):
             return None
         lengths_ptr = <const int64_t *>cnp.PyArray_DATA(la)
@@ -1011,6 +1011,12 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
         layer_input = out_ptr
         x_step, x_ld = B * width, width
     return out, h_n, c_n
+
+
+cdef inline bint _is_f32(cnp.ndarray a):
+    """a holds float32 in this machine's byte order (the type number alone
+    does not tell a big-endian '>f4' array from a native one)."""
+    return cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32 and cnp.PyArray_ISNOTSWAPPED(a)
 
 
 cdef inline cnp.ndarray _empty_f32(int ndim, cnp.npy_intp *shape):
@@ -1065,7 +1071,7 @@ cdef inline bint _state_layout(cnp.ndarray arr, Py_ssize_t layers, Py_ssize_t ro
                                Py_ssize_t cols, bint unbatched):
     """arr is C-contiguous float32 of shape (layers, rows, cols), or (layers,
     cols) when unbatched (rows is then 1)."""
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+    if not _is_f32(arr) or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         return False
     if unbatched:
         return cnp.PyArray_NDIM(arr) == 2 and arr.shape[0] == layers and arr.shape[1] == cols
@@ -1100,7 +1106,7 @@ def step_cached(dict steppers_by_key, x, hx, int n_threads):
     if type(x) is not np.ndarray:
         return None
     xa = x
-    if cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+    if not _is_f32(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
         return None
     unbatched = cnp.PyArray_NDIM(xa) == 1
     if unbatched:
@@ -1156,7 +1162,7 @@ cdef inline _check_state_array(str name, a, Py_ssize_t layers, Py_ssize_t rows,
 
 
 cdef inline _check_step_array(str name, cnp.ndarray a, Py_ssize_t rows, Py_ssize_t cols):
-    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(a) != 2
+    if (not _is_f32(a) or cnp.PyArray_NDIM(a) != 2
             or a.shape[0] != rows or a.shape[1] != cols or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
         raise ValueError(f"{name} must be a C-contiguous float32 array of shape "
                          f"({rows}, {cols}), got {(<object>a).dtype} {(<object>a).shape}")

@@ -193,3 +193,28 @@ def test_sequence_runner_rejects_bad_sizes():
         _packed.SequenceRunner(packed, 0, 1)
     with pytest.raises(ValueError, match="batch and n_threads"):
         _packed.SequenceRunner(packed, 1, 0)
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_non_native_byte_order_is_converted_not_misread(mode):
+    # float32 and int64 in the other byte order have the same type number as
+    # native ones: the fast paths must not read their bytes as native.
+    layer = getattr(fastrnn, mode)(4, 6, seed=0).eval()
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    hx = _hx(mode, 1, 3, 6, rng)
+    lengths = np.array([5, 2, 1])
+
+    def swapped(a):
+        return a.astype(a.dtype.newbyteorder())
+    hx_swapped = tuple(map(swapped, hx)) if mode == "LSTM" else swapped(hx)
+    want = layer(x, hx, lengths)
+    for args in ((swapped(x), hx, lengths), (x, hx_swapped, lengths),
+                 (x, hx, swapped(lengths))):
+        got = layer(*args)
+        np.testing.assert_array_equal(got[0], want[0])
+        for g, w in zip(_states(got), _states(want)):
+            np.testing.assert_array_equal(g, w)
+    want_step = layer.step(x[0], hx)
+    for args in ((swapped(x[0]), hx), (x[0], hx_swapped)):
+        np.testing.assert_array_equal(layer.step(*args)[0], want_step[0])
