@@ -384,7 +384,9 @@ class _RecurrentBase:
             return None
         if unbatched:
             raise ValueError("lengths needs a batched input (seq_len, batch, input_size)")
-        return np.ascontiguousarray(_checked_lengths(lengths, seq_len, batch), dtype=np.int64)
+        # A copy: the training cache keeps it for backward, and the caller may
+        # refill its array (the next batch's lengths) before calling backward.
+        return np.array(_checked_lengths(lengths, seq_len, batch), dtype=np.int64)
 
     def forward(self, x, hx=None, lengths=None):
         """Run the layer. Returns ``(out, h_n)`` (LSTM: ``(out, (h_n, c_n))``).

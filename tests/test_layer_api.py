@@ -373,6 +373,27 @@ def test_lengths_validation(cell):
         np.testing.assert_array_equal(layer(x, lengths=good)[0], ref)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_refilled_before_backward_do_not_change_the_gradients(cell, impl):
+    # A data loader may refill its lengths array for the next batch before
+    # backward: the training forward keeps its own copy.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I))
+    grad = rng.standard_normal((T, B, H))
+    results = []
+    for refill in (False, True):
+        layer = make(cell, impl=impl)
+        lengths = np.array([5, 1, 3])
+        layer(x, lengths=lengths)
+        if refill:
+            lengths[:] = T
+        dx, _ = layer.backward(grad)
+        results.append((dx, layer.grads["weight_hh_l0"].copy()))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_array_equal(got, want)
+
+
 # --------------------------------------------------------------------------
 # dtype conversion
 # --------------------------------------------------------------------------
