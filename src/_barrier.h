@@ -31,6 +31,9 @@
 
 #include <sched.h>
 #include <stdatomic.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <immintrin.h>
 #define FR_CPU_RELAX() _mm_pause()
@@ -52,6 +55,40 @@
  * queued thread run there instead: 0 such runs in 14, and medians as low as
  * with the hidden split or lower. */
 #define FR_FINISH_SPINS 2000
+
+/* Threads in fastrnn's parallel regions with these barriers, process-wide
+ * (fr_team_enter/leave around each region). When there are more than CPUs,
+ * some are descheduled, and spinning FR_BARRIER_SPINS rounds for one of them
+ * costs a time slice per step: two threads each calling a 2-thread small-batch
+ * forward on this 2-CPU machine took 96 ms a call against 0.5 alone. Then a
+ * waiter spins FR_THROTTLED_SPINS rounds (about 23 us) before yielding, as
+ * libgomp's own barriers do when it runs more threads than CPUs (its throttled
+ * spin count is 1000). */
+#define FR_THROTTLED_SPINS 1000
+static atomic_int fr_team_threads;
+static atomic_int fr_cpus;
+
+static void fr_team_enter(int n_threads)
+{
+    if (atomic_load_explicit(&fr_cpus, memory_order_relaxed) == 0) {
+#ifdef _OPENMP
+        atomic_store_explicit(&fr_cpus, omp_get_num_procs(), memory_order_relaxed);
+#else
+        atomic_store_explicit(&fr_cpus, 1, memory_order_relaxed);
+#endif
+    }
+    atomic_fetch_add_explicit(&fr_team_threads, n_threads, memory_order_relaxed);
+}
+
+static void fr_team_leave(int n_threads)
+{
+    atomic_fetch_sub_explicit(&fr_team_threads, n_threads, memory_order_relaxed);
+}
+
+static int fr_team_threads_now(void)
+{
+    return atomic_load_explicit(&fr_team_threads, memory_order_relaxed);
+}
 
 /* Up to FR_FLAG_THREADS threads, each announces its arrival in a flag of its
  * own (one cache line each) and waits until every other flag shows the same
@@ -93,6 +130,12 @@ static inline void fr_barrier_pause(long *spins, long max_spins)
     if (*spins < max_spins) {
         ++*spins;
         FR_CPU_RELAX();
+        /* Checked once per wait, and only in a long one: a short wait pays
+         * nothing for it. */
+        if (*spins == FR_THROTTLED_SPINS
+            && atomic_load_explicit(&fr_team_threads, memory_order_relaxed)
+                   > atomic_load_explicit(&fr_cpus, memory_order_relaxed))
+            *spins = max_spins;
     } else {
         sched_yield();
     }

@@ -70,6 +70,9 @@ cdef extern from "_barrier.h" nogil:
     void fr_barrier_init(fr_barrier *b)
     void fr_barrier_wait(fr_barrier *b, int n_threads, int tid, unsigned int *passed)
     void fr_barrier_finish(fr_barrier *b, int n_threads, int tid)
+    void fr_team_enter(int n_threads)
+    void fr_team_leave(int n_threads)
+    int fr_team_threads_now()
 
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAMES = {v: k for k, v in ISAS.items()}
@@ -121,6 +124,12 @@ def _set_barrier_flag_threads(int n):
     previous = fr_barrier_flag_threads
     fr_barrier_flag_threads = n
     return previous
+
+
+def _team_threads():
+    """Threads now in the parallel regions that wait at fr_barrier (see
+    _barrier.h: more than the CPUs shortens the spinning); 0 between calls."""
+    return fr_team_threads_now()
 
 
 def _fp_control_word():
@@ -562,8 +571,10 @@ cdef void _launch(Job *job, int n_threads) noexcept nogil:
     if threads <= 1:
         _run_thread(job, 0, 1)
     else:
+        fr_team_enter(threads)
         with parallel(num_threads=threads):
             _run_thread(job, fr_omp_thread_num(), fr_omp_num_threads())
+        fr_team_leave(threads)
 
 
 cdef void _launch_pair(Job *first, Job *second, int n_threads) noexcept nogil:
@@ -573,8 +584,10 @@ cdef void _launch_pair(Job *first, Job *second, int n_threads) noexcept nogil:
     the cores at small batch, and one start of the threads instead of two."""
     cdef int threads_first = _team(first, n_threads // 2)
     cdef int threads_second = _team(second, n_threads - n_threads // 2)
+    fr_team_enter(threads_first + threads_second)
     with parallel(num_threads=threads_first + threads_second):
         _run_pair_thread(first, second, threads_first, threads_second)
+    fr_team_leave(threads_first + threads_second)
 
 
 cdef void _run_pair_thread(Job *first, Job *second, int threads_first,
@@ -1266,12 +1279,14 @@ cdef void _bptt(BackJob *job, int n_threads) noexcept nogil:
     if _bptt_team(job, n_threads) <= 1:
         _bptt_alone(job)
         return
+    fr_team_enter(job.team)
     with parallel(num_threads=job.team):
         if fr_omp_num_threads() == job.team:
             _bptt_thread(job, fr_omp_thread_num())
         elif fr_omp_thread_num() == 0:
             # A smaller team than asked for (OMP_THREAD_LIMIT, nesting).
             _bptt_alone(job)
+    fr_team_leave(job.team)
 
 
 cdef void _bptt_pair(BackJob *first, BackJob *second, int n_threads) noexcept nogil:
@@ -1279,8 +1294,10 @@ cdef void _bptt_pair(BackJob *first, BackJob *second, int n_threads) noexcept no
     on its share of the threads (as _launch_pair for the forward)."""
     cdef int team_first = _bptt_team(first, n_threads // 2)
     cdef int team_second = _bptt_team(second, n_threads - n_threads // 2)
+    fr_team_enter(team_first + team_second)
     with parallel(num_threads=team_first + team_second):
         _bptt_pair_thread(first, second, team_first, team_second)
+    fr_team_leave(team_first + team_second)
 
 
 cdef void _bptt_pair_thread(BackJob *first, BackJob *second, int team_first,
