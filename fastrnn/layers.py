@@ -786,7 +786,11 @@ class _RNNBase(_RecurrentBase):
         unbatched = x.ndim == 1
         x2 = x.reshape(1, -1) if unbatched else x
         if not fast:
-            # A length-1 sequence: (1, input_size) unbatched, (1, batch, input_size).
+            # A length-1 sequence: (1, input_size) unbatched, (1, batch, input_size),
+            # or (batch, 1, input_size) batch-first.
+            if self.batch_first and not unbatched:
+                out, state = self.forward(x[:, None], hx)
+                return out[:, 0], state
             out, state = self.forward(x[None], hx)
             return out[0], state
         batch = x2.shape[0]

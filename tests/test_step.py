@@ -31,16 +31,21 @@ def test_steps_equal_forward(name, batch, n_threads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("setup", ["train", "float64", "reference"])
-def test_step_fallbacks_match_forward(setup):
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("setup", ["eval", "train", "float64", "reference"])
+def test_step_fallbacks_match_forward(setup, batch_first):
+    # A step is a length-1 sequence in the layer's layout; batch-first, the
+    # fallbacks once ran x (batch, input_size) as a sequence of batch 1.
     kwargs = {"float64": {"dtype": "float64"}, "reference": {"impl": "reference"}}.get(setup, {})
-    layer = _layer("lstm", **kwargs)
+    layer = _layer("lstm", batch_first=batch_first, **kwargs)
     if setup != "train":
         layer.eval()
     x = np.random.default_rng(2).standard_normal((2, 5))
     hx = (np.zeros((2, 2, 70)), np.ones((2, 2, 70)))
     out, (h, c) = layer.step(x, hx)
-    want, (wh, wc) = layer(x[None], hx)
+    assert out.shape == (2, 70) and h.shape == c.shape == (2, 2, 70)
+    want, (wh, wc) = layer(x[:, None] if batch_first else x[None], hx)
+    want = want[:, :1].transpose(1, 0, 2) if batch_first else want
     np.testing.assert_allclose(out, want[0], rtol=1e-6)
     np.testing.assert_allclose(h, wh, rtol=1e-6)
     np.testing.assert_allclose(c, wc, rtol=1e-6)
