@@ -702,8 +702,10 @@ class _RNNBase(_RecurrentBase):
         if not self.training and self._compiled_float32:
             n_threads = resolve_n_threads(self._n_threads)
             runners = self._runners if kept else {}
-            if type(x) is np.ndarray and x.ndim == 3 and x.shape[2] == self.input_size:
-                batch = x.shape[0] if self.batch_first else x.shape[1]
+            if (type(x) is np.ndarray and 2 <= x.ndim <= 3
+                    and x.shape[-1] == self.input_size):
+                batch = (1 if x.ndim == 2 else x.shape[0] if self.batch_first
+                         else x.shape[1])
                 if batch >= 1:
                     self._sequence_runners(runners, batch, n_threads)
             result = _packed.forward_cached(runners, x, hx, n_threads, self.num_directions,

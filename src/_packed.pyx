@@ -933,16 +933,17 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
     directions whose SequenceRunners (layer-major, then direction) are in
     ``runners_by_key[(batch, n_threads)]``, x a float32 C-contiguous (seq_len,
     batch, input_size) array ((batch, seq_len, input_size) with batch_first),
-    hx None (zeros) or forward's state arrays, float32 C-contiguous, lengths
-    None or an int64 array (batch,) in 1..seq_len. Returns (out, h_n, c_n), out
-    in the layout of x, or None when there are no runners for this batch or an
-    argument needs converting or checking (the caller then takes the long way,
-    which also gives the errors)."""
+    or unbatched (seq_len, input_size), hx None (zeros) or forward's state
+    arrays, float32 C-contiguous, lengths None or an int64 array (batch,) in
+    1..seq_len. Returns (out, h_n, c_n) in the layout of x and hx, or None
+    when there are no runners for this batch or an argument needs converting
+    or checking (the caller then takes the long way, which also gives the
+    errors)."""
     cdef cnp.ndarray xa, la
     cdef SequenceRunner first, runner, reverse
     cdef Py_ssize_t T, B, I, L, H, D = directions, l, index, width, b
     cdef Py_ssize_t x_step, x_ld, out_step, out_ld
-    cdef bint lstm
+    cdef bint lstm, unbatched
     cdef cnp.npy_intp shape[3]
     cdef const float *layer_input
     cdef float *out_ptr
@@ -950,11 +951,21 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
     if type(x) is not np.ndarray:
         return None
     xa = x
-    if not _is_f32(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or cnp.PyArray_NDIM(xa) != 3:
+    if (not _is_f32(xa) or not cnp.PyArray_IS_C_CONTIGUOUS(xa)
+            or not 2 <= cnp.PyArray_NDIM(xa) <= 3):
         return None
-    T, B, I = xa.shape[0], xa.shape[1], xa.shape[2]
-    if batch_first:
-        T, B = B, T
+    # Unbatched: x (seq_len, input_size) in either layout, run as a batch of 1;
+    # the states and the output without the batch axis.
+    unbatched = cnp.PyArray_NDIM(xa) == 2
+    if unbatched:
+        if lengths is not None:
+            return None
+        T, B, I = xa.shape[0], 1, xa.shape[1]
+        batch_first = False
+    else:
+        T, B, I = xa.shape[0], xa.shape[1], xa.shape[2]
+        if batch_first:
+            T, B = B, T
     runners = runners_by_key.get((B, n_threads))
     if runners is None or T < 1 or D < 1 or D > 2 or len(runners) % D != 0:
         return None
@@ -968,11 +979,12 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
             if type(hx) is not tuple or len(<tuple>hx) != 2:
                 return None
             h, c = hx
-            if not (_is_state(h, L * D, B, H, False) and _is_state(c, L * D, B, H, False)):
+            if not (_is_state(h, L * D, B, H, unbatched)
+                    and _is_state(c, L * D, B, H, unbatched)):
                 return None
         else:
             h = hx
-            if not _is_state(h, L * D, B, H, False):
+            if not _is_state(h, L * D, B, H, unbatched):
                 return None
     if lengths is not None:
         if type(lengths) is not np.ndarray:
@@ -987,12 +999,17 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
             if not 1 <= lengths_ptr[b] <= T:
                 return None
     shape[0], shape[1], shape[2] = L * D, B, H
-    h_n = _empty_f32(3, shape)
-    c_n = _empty_f32(3, shape) if lstm else None
+    if unbatched:
+        shape[1] = H
+    h_n = _empty_f32(3 - unbatched, shape)
+    c_n = _empty_f32(3 - unbatched, shape) if lstm else None
     # Each layer's output on a cache line of its own (the threads of a batch
     # split write their rows of it), the last one returned in the layout of x.
     width = D * H
-    out = aligned_empty((B, T, width) if batch_first else (T, B, width))
+    if unbatched:
+        out = aligned_empty((T, width))
+    else:
+        out = aligned_empty((B, T, width) if batch_first else (T, B, width))
     between = aligned_empty((T, B, width)) if L > 1 else None
     # The first layer reads x in its layout, the others the previous layer's
     # output (time-major); the last writes `out` in the layout of x.

@@ -81,6 +81,37 @@ def test_fast_path_equals_general_path(monkeypatch, mode, bidirectional, batch_f
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_state", [False, True], ids=["zeros", "hx"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("mode", CELLS)
+def test_unbatched_input_on_the_fast_path(monkeypatch, mode, bidirectional, batch_first,
+                                          with_state):
+    # (seq_len, input_size) in either layout, states (layers, hidden): a batch
+    # of one without its axis.
+    T, I, H, layers = 7, 5, 20, 2
+    D = 2 if bidirectional else 1
+    rng = np.random.default_rng(7)
+    layer = getattr(fastrnn, mode)(I, H, num_layers=layers, bidirectional=bidirectional,
+                                   batch_first=batch_first, seed=3, n_threads=2).eval()
+    x = rng.standard_normal((T, I)).astype(np.float32)
+    hx = None
+    if with_state:
+        h = rng.standard_normal((layers * D, H)).astype(np.float32)
+        hx = (h, rng.standard_normal((layers * D, H)).astype(np.float32)) if mode == "LSTM" else h
+    fast = layer(x, hx)
+    assert (1, 2) in layer._runners and layer._cache is None, "the fast path was not taken"
+    assert fast[0].shape == (T, D * H)
+    with pytest.raises(ValueError, match="lengths needs a batched input"):
+        layer(x, lengths=np.array([T]))
+    _general_only(monkeypatch)
+    general = layer(x, hx)
+    np.testing.assert_array_equal(fast[0], general[0])
+    for got, want in zip(_states(fast), _states(general)):
+        assert got.shape == (layers * D, H)
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 def test_inference_memory_is_the_output_and_the_state(batch_first):
     # No copy of the input (a batch-first one is read where it is) and no
