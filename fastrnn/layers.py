@@ -670,7 +670,7 @@ class _RNNBase(_RecurrentBase):
     def _workspace(self, index, kind):
         """Buffers the packed kernels reuse between calls, per layer direction and
         kind of call (inference, training forward, backward); fresh ones for a
-        call that runs beside another (see _call_buffers)."""
+        call that runs beside another (see _beside)."""
         if getattr(self._private, "on", False):
             return {}
         return self._workspaces.setdefault((index, kind), {})
