@@ -242,8 +242,11 @@ class Checkpoint:
                 f"vocab={self.vocab!r})")
 
 
+# What reading a damaged archive raises: zipfile also raises NotImplementedError
+# (a compression method or zip version it does not know) and RuntimeError (an
+# entry marked encrypted) when those header fields are damaged.
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
-                IndexError, TypeError)
+                IndexError, TypeError, NotImplementedError, RuntimeError)
 
 
 class _Archive:

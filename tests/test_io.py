@@ -148,6 +148,45 @@ def test_truncated_and_corrupt_files_raise_model_file_error(tmp_path):
         io.load(tmp_path / "missing.npz")
 
 
+def test_damaged_zip_headers_and_random_damage_raise_model_file_error(tmp_path):
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    # Central directory fields zipfile refuses with other exceptions than
+    # BadZipFile: an unknown compression method (NotImplementedError), the
+    # "encrypted" flag (RuntimeError).
+    entry = data.index(b"PK\x01\x02")
+    for offset, value, problem in ((10, 99, "compression method"), (8, 1, "encrypted")):
+        blob = bytearray(data)
+        blob[entry + offset:entry + offset + 2] = value.to_bytes(2, "little")
+        bad = tmp_path / f"header{offset}.npz"
+        bad.write_bytes(bytes(blob))
+        with pytest.raises(ModelFileError, match=problem):
+            io.load(bad)
+    # Random damage: truncation, flipped bytes, a cut-out piece. Each file
+    # either loads into a model that runs or raises ModelFileError.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, (3, 2))
+    for trial in range(150):
+        blob = bytearray(data)
+        kind = trial % 3
+        if kind == 0:
+            blob = blob[:rng.integers(len(blob))]
+        elif kind == 1:
+            for i in rng.integers(len(blob), size=rng.integers(1, 20)):
+                blob[i] = rng.integers(256)
+        else:
+            i = rng.integers(len(blob))
+            del blob[i:i + rng.integers(1, 200)]
+        bad = tmp_path / "damaged.npz"
+        bad.write_bytes(bytes(blob))
+        try:
+            model = io.load(bad)
+        except ModelFileError:
+            continue
+        model.eval()
+        model(x)
+
+
 def _rewrite(path, out, edit_meta=None, drop=()):
     with np.load(path, allow_pickle=False) as archive:
         arrays = {k: archive[k] for k in archive.files if k not in drop}
