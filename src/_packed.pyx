@@ -92,6 +92,23 @@ DEF PROJECTION_ROWS = 128
 # end-of-region barrier alone, runs of the bench after ONNX Runtime at times
 # took a 4 ms scheduler tick in every call (see _barrier.h).
 DEF MIN_ROWS_PER_THREAD = 4
+# ...and the hidden units also with more rows when W_hh is larger than a core's
+# L2: each thread of a batch split reads all of W_hh every step, and all of
+# W_ih too (it projects its rows a step at a time), from L3; split by units,
+# each reads half, and projects a chunk of steps per pass over its half of W_ih.
+# That wins when the threads have at most HIDDEN_SPLIT_MAX_ROWS rows each, or
+# whatever the batch from HIDDEN_SPLIT_ALWAYS_BYTES. Forward on 2 threads, T=50,
+# ms, batch split against unit split (separate processes, each a loop of calls):
+# LSTM B=16 H=384 4.20/3.90, H=512 7.4/6.9, H=650 11.8/11.3, H=1024 38.6/32.9,
+# B=8 H=512 3.9-4.5/3.6, B=32 H=768 32.4/31.6, B=64 H=1024 131.5/115.4; GRU
+# B=16 H=512 5.52/5.17, H=1024 24.7/22.3, B=64 H=1024 92.0/84.1; RNN B=16
+# H=1024 7.2/6.7. Kept on the batch split: LSTM B=20 H=650 14.2/14.5, B=64
+# H=512 27.5/27.5; GRU B=20 H=650 11.4/12.2, B=32 H=768 22.7/22.9, B=64 H=512
+# 20.5/20.7; RNN B=64 H=1024 27.0/27.2. (GRU B=16 H=650: 9.33/9.60, split by
+# units all the same.)
+DEF HIDDEN_SPLIT_MIN_BYTES = 1048576
+DEF HIDDEN_SPLIT_MAX_ROWS = 8
+DEF HIDDEN_SPLIT_ALWAYS_BYTES = 8388608
 # forward_bidirectional: below this size of a direction's packed W_hh (or from
 # MIN_ROWS_PER_THREAD rows), the two directions run at the same time.
 DEF TOGETHER_MAX_WEIGHT_BYTES = 1048576
@@ -546,14 +563,18 @@ cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
 
 cdef int _team(Job *job, int n_threads) noexcept nogil:
     """The threads a forward job runs on (at most n_threads) and its split: the
-    batch across threads when each gets enough rows, otherwise the hidden units
-    (one barrier per step)."""
+    batch across threads when each gets enough rows and W_hh is small enough,
+    otherwise the hidden units (one barrier per step)."""
     cdef int threads
     if (job.seq_len * job.batch * job.total_cols * (job.input_size + job.hidden_size)
             < MIN_PARALLEL_WORK):
         # Too little work to pay for waking a second thread.
         n_threads = 1
-    job.split_hidden = job.batch < MIN_ROWS_PER_THREAD * n_threads
+    cdef Py_ssize_t weight_bytes = job.hidden_size * job.total_cols * sizeof(float)
+    job.split_hidden = (job.batch < MIN_ROWS_PER_THREAD * n_threads
+                        or (weight_bytes > HIDDEN_SPLIT_MIN_BYTES
+                            and (job.batch <= HIDDEN_SPLIT_MAX_ROWS * n_threads
+                                 or weight_bytes >= HIDDEN_SPLIT_ALWAYS_BYTES)))
     if job.split_hidden:
         threads = min(n_threads, <int>job.n_blocks)
     else:
@@ -619,10 +640,15 @@ cdef bint _together(Py_ssize_t batch, Py_ssize_t hidden_size, Py_ssize_t total_c
     7.09 / 7.65; LSTM H=224 (784 KB) B=1 0.58 / 0.66; GRU H=256 (768 KB) B=1
     0.55 / 0.65; RNN H=256 B=1 0.22 / 0.25; LSTM H=128 B=8 0.49 / 0.51. The
     BPTTs of a training step, LSTM H=128 T=100: B=1 0.43 / 0.48, B=4 1.04 /
-    1.14, B=16 4.68 / 4.93; GRU H=256 B=1 1.61 / 1.83."""
+    1.14, B=16 4.68 / 4.93; GRU H=256 B=1 1.61 / 1.83. From
+    HIDDEN_SPLIT_ALWAYS_BYTES of W_hh a direction on all the threads splits its
+    units and reads its share of the weights, and in turn wins at any batch:
+    LSTM H=1024 B=32 T=20 53.5-57.2 / 48.2-48.5, GRU H=1024 B=16 20.2-20.6 /
+    17.9-18.1 (H=512, B=4-16: within 1%)."""
+    cdef Py_ssize_t weight_bytes = hidden_size * total_cols * sizeof(float)
     return n_threads > 1 and work >= MIN_PARALLEL_WORK and (
-        batch >= MIN_ROWS_PER_THREAD
-        or hidden_size * total_cols * sizeof(float) < TOGETHER_MAX_WEIGHT_BYTES)
+        weight_bytes < TOGETHER_MAX_WEIGHT_BYTES
+        or (batch >= MIN_ROWS_PER_THREAD and weight_bytes < HIDDEN_SPLIT_ALWAYS_BYTES))
 
 
 cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0,

@@ -22,6 +22,8 @@ SHAPES = [
     (4, 2, 7, 100),     # hidden split over several blocks at batch 2
     (3, 1, 16, 130),    # batch 1, hidden split, partial last block
     (200, 5, 8, 20),    # several projection chunks
+    (3, 10, 6, 300),    # 2 threads: LSTM/GRU W_hh over 1 MB, 5 rows a thread: units split
+    (2, 20, 4, 730),    # 2 threads: LSTM W_hh over 8 MB: units split at 10 rows a thread
 ]
 RTOL, ATOL = 1e-4, 1e-5  # float32
 
@@ -167,9 +169,11 @@ def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
 
 # (9, 3, 20, 150): hidden units split across 2 threads in the backward too (3
 # groups of 64 units, the last partial); (7, 9, 5, 40): the batch split in 4 + 5
-# rows on 2 threads, forward and backward.
+# rows on 2 threads, forward and backward; (3, 10, 6, 300): the forward split by
+# units (LSTM/GRU W_hh over 1 MB), the backward by rows.
 TRAIN_SHAPES = [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (7, 9, 5, 40), (30, 17, 8, 16),
-                (4, 2, 7, 100), (6, 5, 70, 33), (3, 1, 130, 65), (9, 3, 20, 150)]
+                (4, 2, 7, 100), (6, 5, 70, 33), (3, 1, 130, 65), (9, 3, 20, 150),
+                (3, 10, 6, 300)]
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
