@@ -169,8 +169,8 @@ def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
 
 # (9, 3, 20, 150): hidden units split across 2 threads in the backward too (3
 # groups of 64 units, the last partial); (7, 9, 5, 40): the batch split in 4 + 5
-# rows on 2 threads, forward and backward; (3, 10, 6, 300): the forward split by
-# units (LSTM/GRU W_hh over 1 MB), the backward by rows.
+# rows on 2 threads, forward and backward; (3, 10, 6, 300): both split by units
+# at 5 rows a thread (LSTM/GRU W_hh over 1 MB).
 TRAIN_SHAPES = [(5, 3, 4, 2), (1, 1, 3, 1), (7, 9, 5, 6), (7, 9, 5, 40), (30, 17, 8, 16),
                 (4, 2, 7, 100), (6, 5, 70, 33), (3, 1, 130, 65), (9, 3, 20, 150),
                 (3, 10, 6, 300)]
