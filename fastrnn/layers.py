@@ -325,6 +325,14 @@ class _RecurrentBase:
         """Drop what is derived from the parameters before they change (nothing
         here; _RNNBase's packed inference weights)."""
 
+    def __getstate__(self):
+        # Copies (copy.deepcopy) and pickles carry the parameters, gradients and
+        # settings; a training cache (what backward() needs, holding the kernel
+        # module) does not travel: a copy's backward needs its own forward.
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
     def eval(self):
         return self.train(False)
 
@@ -631,12 +639,10 @@ class _RNNBase(_RecurrentBase):
             self._private.on = False
 
     def __getstate__(self):
-        # Copies (copy.deepcopy) and pickles carry the parameters, gradients and
-        # settings, not what is derived from them: packed weights, prepared jobs
-        # (which hold raw pointers) and buffers are made again by the first call;
-        # a training cache (what backward() needs) does not travel either.
-        state = self.__dict__.copy()
-        state.update(_packed={}, _steppers={}, _runners={}, _workspaces={}, _cache=None)
+        # Packed weights, prepared jobs (which hold raw pointers), buffers and the
+        # guard of calls from several threads are made again by the first call.
+        state = super().__getstate__()
+        state.update(_packed={}, _steppers={}, _runners={}, _workspaces={})
         del state["_busy"], state["_private"]
         return state
 

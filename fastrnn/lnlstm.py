@@ -83,6 +83,8 @@ name                  shape           initial value
 
 ``I_0 = input_size``, ``I_k = H * num_directions`` for k > 0.
 """
+import threading
+
 import numpy as np
 
 from . import _lnlstm, lnlstm_reference
@@ -135,6 +137,8 @@ class _ZoneoutLSTMBase(_RecurrentBase):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.eps = eps
         self.last_zoneout_masks = None
+        # Each running forward's masks, by thread (see _run_forward).
+        self._drawn_masks = {}
         self._init_rest(dtype, seed, None, impl, n_threads)
 
     # -- structure -----------------------------------------------------------
@@ -192,10 +196,14 @@ class _ZoneoutLSTMBase(_RecurrentBase):
     def _run_forward(self, x, states, lengths):
         # _forward_direction draws each direction's masks (between the layers'
         # dropout masks: one generator, a fixed order) and records them here,
-        # per layer a list of (mask_h, mask_c) per direction.
-        self._drawn_masks = drawn = []
-        result = super()._run_forward(x, states, lengths)
-        self._drawn_masks = None
+        # per layer a list of (mask_h, mask_c) per direction: under the calling
+        # thread, as other threads may be in a call of this layer too.
+        thread = threading.get_ident()
+        self._drawn_masks[thread] = drawn = []
+        try:
+            result = super()._run_forward(x, states, lengths)
+        finally:
+            del self._drawn_masks[thread]
         if self.training:
             self.last_zoneout_masks = drawn
         return result
@@ -205,9 +213,10 @@ class _ZoneoutLSTMBase(_RecurrentBase):
         seq_len, batch, _ = x.shape
         H = self.hidden_size
         mask_h, mask_c = self._masks((seq_len, batch, H))
+        drawn = self._drawn_masks[threading.get_ident()]
         if direction == 0:
-            self._drawn_masks.append([])
-        self._drawn_masks[-1].append((mask_h, mask_c))
+            drawn.append([])
+        drawn[-1].append((mask_h, mask_c))
         return kernels.forward(x, self._local(self._params, layer, direction), h0, c0, lengths,
                                bool(direction), training, out, direction * H, self.zoneout,
                                self.zoneout_cell, mask_h, mask_c, self.eps, n_threads)

@@ -70,6 +70,25 @@ def test_inference_calls_from_several_threads_get_their_own_results(mode, bidire
     assert _packed._team_threads() == 0          # every region counted out again
 
 
+@pytest.mark.parametrize("name", ["LayerNormLSTM", "ZoneoutLSTM"])
+def test_layer_norm_and_zoneout_lstm_calls_from_several_threads(name):
+    # Their forward records the masks it draws per call (none in inference);
+    # once kept in one attribute for all threads, concurrent calls crashed.
+    layer = getattr(fastrnn, name)(16, 32, num_layers=2, bidirectional=True, seed=0,
+                                   n_threads=1).eval()
+    xs = _inputs((20, 3, 16))
+    expected = [layer(x)[0] for x in xs]
+    wrong = []
+
+    def work(i):
+        for _ in range(CALLS):
+            if not np.array_equal(layer(xs[i])[0], expected[i]):
+                wrong.append(i)
+    _run_together(work)
+    assert not wrong
+    assert layer._drawn_masks == {}
+
+
 @pytest.mark.parametrize("mode", CELLS)
 def test_streaming_steps_from_several_threads_get_their_own_results(mode):
     # Several streams served at once by one layer (step() keeps Steppers).
@@ -117,6 +136,24 @@ def test_training_calls_wait_their_turn():
     first.join(10)
     second.join(10)
     assert entered.is_set()
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "LayerNormLSTM", "ZoneoutLSTM"])
+def test_copy_between_a_training_forward_and_its_backward(name):
+    # The training cache stays with the original (it holds the kernel module, which
+    # cannot be copied): the copy needs a forward of its own before backward.
+    layer = getattr(fastrnn, name)(4, 8, seed=0)
+    x = np.random.default_rng(3).standard_normal((5, 2, 4)).astype(np.float32)
+    out, _ = layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone.training
+        with pytest.raises(RuntimeError, match="needs a forward"):
+            clone.backward(np.ones_like(out))
+        clone(x)
+        clone.backward(np.ones_like(out))
+    grad_x, _ = layer.backward(np.ones_like(out))
+    assert np.isfinite(grad_x).all()
+    np.testing.assert_array_equal(clone.grads["weight_hh_l0"], layer.grads["weight_hh_l0"])
 
 
 def _models():
