@@ -38,7 +38,11 @@
  * (rows ldc apart): block_cols for a row-major C. With reverse_blocks the
  * blocks run from the last to the first: a recurrence that alternates the order
  * from step to step starts each step on the weights the previous step read last,
- * which are still in cache when the weights are larger than it. */
+ * which are still in cache when the weights are larger than it.
+ * The last partial_blocks blocks have only their first partial_cols columns
+ * computed and stored (0: none so cut): the tiles of a GRU's or an RNN's last
+ * unit block, which hold hidden_size % 64 units each (64 is the unit block),
+ * need not pay for their padding (at hidden_size 200 a quarter of the product). */
 typedef struct {
     ptrdiff_t rows, K;
     const float *A;
@@ -48,6 +52,7 @@ typedef struct {
     float *C;
     ptrdiff_t ldc, c_block_stride, n_cols;
     int accumulate, reverse_blocks;
+    ptrdiff_t partial_blocks, partial_cols;
 } fr_gemm_args;
 
 typedef void (*fr_gemm_fn)(const fr_gemm_args *args);

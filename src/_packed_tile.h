@@ -126,7 +126,11 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
         const float *Pb = P + blk * K * bc;
         float *Cb = C + blk * c_block_stride;
         for (ptrdiff_t c0 = 0; c0 < bc; c0 += tile_cols) {
-            const ptrdiff_t valid = n_cols - (blk * bc + c0);
+            ptrdiff_t valid = n_cols - (blk * bc + c0);
+            if (valid <= 0)
+                break;
+            if (blk >= n_blocks - g->partial_blocks && valid > g->partial_cols - c0)
+                valid = g->partial_cols - c0;
             if (valid <= 0)
                 break;
             for (ptrdiff_t k0 = 0; k0 < K; k0 += k_chunk) {
