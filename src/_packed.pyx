@@ -302,9 +302,9 @@ cdef struct Job:
     # Input of step t, batch row b: x + t * x_step + b * x_ld (time-major: x_step =
     # batch * input_size, x_ld = input_size; batch-first: x_ld = seq_len * x_step).
     Py_ssize_t x_step, x_ld
-    # A GRU's or RNN's last unit block holding fewer than U units: its tiles
-    # (one per gate) hold partial_units valid columns each, and the products
-    # skip the rest (see fr_gemm_args); 0 otherwise (an LSTM tile mixes gates).
+    # The last unit block holds partial_units units (U when whole); partial_tiles:
+    # its tiles whose padding columns the products leave out (see _partial_tiles
+    # and fr_gemm_args), 0 for none.
     Py_ssize_t partial_tiles, partial_units
     # Gate (row r, unit block b) starts at gates + b * gates_block_stride + r * gates_ld,
     # and its tiles are gates_tile_stride apart: inference keeps a row-major chunk
