@@ -18,10 +18,11 @@ CELLS = ["LSTM", "GRU", "RNN"]
 # (seq_len, batch, input_size, hidden_size, n_threads): together on 2 threads at
 # batch 1 and 4 (a team of one each), batch 9 on 3 threads (the reverse
 # direction's team of 2 splits the batch), batch 2 on 3 threads (a team of 2
-# splits the hidden units), and in turn (LSTM W_hh of 1 MB, batch 1). Each is
+# splits the hidden units), in turn (LSTM W_hh of 1 MB, batch 1), and in turn
+# at batch 4 (LSTM W_hh over 8 MB; each direction splits its units). Each is
 # enough work for two threads (MIN_PARALLEL_WORK) in every cell.
 SHAPES = [(8, 1, 3, 70, 2), (8, 4, 6, 40, 2), (3, 9, 5, 40, 3), (4, 2, 7, 130, 3),
-          (3, 1, 8, 256, 2)]
+          (3, 1, 8, 256, 2), (2, 4, 3, 730, 2)]
 RTOL, ATOL = 1e-4, 1e-5   # float32 against the float64-accurate reference
 
 
@@ -64,7 +65,7 @@ def test_inference_matches_one_thread_and_reference(mode, shape):
         _assert_close(got, want, RTOL, ATOL, "state vs reference")
 
 
-@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES[:4] + SHAPES[5:], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("mode", CELLS)
 def test_training_with_lengths_and_recurrent_dropout_matches_one_thread(mode, shape):
     # The same seed draws the same dropout masks, in the same order, whether the
