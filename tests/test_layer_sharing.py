@@ -53,7 +53,8 @@ def test_inference_calls_from_several_threads_get_their_own_results(mode, bidire
     # lengths as a list take the general path (its kept work buffers). On 2
     # threads each (batch 3: the hidden units split, a barrier per step), the
     # teams together outnumber the CPUs here, and their barriers must yield
-    # soon (see _barrier.h) or this takes minutes.
+    # soon (see _barrier.h): spinning 7 ms a barrier, one such test took 5.7 s
+    # against 0.35 s.
     layer = getattr(fastrnn, mode)(16, 48, num_layers=2, bidirectional=bidirectional, seed=0,
                                    n_threads=n_threads).eval()
     xs = _inputs((30, 3, 16))
