@@ -818,11 +818,12 @@ cdef inline Py_ssize_t _partial_tiles(int cell, Py_ssize_t U, Py_ssize_t partial
                                       Py_ssize_t block_cols) noexcept nogil:
     """Job.partial_tiles: the tiles of the last unit block when the products may
     leave out their padding columns: a GRU's or RNN's (one gate per tile; an
-    LSTM tile mixes its gates' units), when at most half of each tile is valid
-    (otherwise the edge tile computes as many vectors as a whole one, and its copy
-    through a buffer made a GRU at H=100 3-6% slower; at H=200, 8 units of 64,
-    -11%)."""
-    if cell == LSTM or partial_units >= U or 2 * partial_units > TILE:
+    LSTM tile mixes its gates' units), when at most three quarters of each tile
+    are valid: beyond, the edge tile computes as many vectors as a whole one, and
+    its copy through a buffer made things slower (a GRU at H=100, 36 units of 64,
+    3-6% slower with the edge tile's 4 vectors; with 3, 3-8% faster). At H=200 (8
+    units of 64) -11%."""
+    if cell == LSTM or partial_units >= U or 4 * partial_units > 3 * TILE:
         return 0
     return block_cols // TILE
 

@@ -61,9 +61,10 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
 {
     enum { TILE = FR_NV * FR_W };
     float tmp[FR_MR * TILE];
-    /* Vectors of columns to compute: 1, 2 or all FR_NV (a constant per case
+    /* Vectors of columns to compute: 1, 2, 3 or all FR_NV (a constant per case
      * below, so the accumulators stay in registers). */
-    const int nv = valid <= FR_W ? 1 : valid <= 2 * FR_W ? 2 : FR_NV;
+    const int nv = valid <= FR_W ? 1 : valid <= 2 * FR_W ? 2
+                   : (FR_NV > 3 && valid <= 3 * FR_W) ? 3 : FR_NV;
     for (int r = 0; r < mr; r++)
         for (ptrdiff_t c = 0; c < TILE; c++)
             tmp[r * TILE + c] = (acc && c < valid) ? C[r * ldc + c] : 0.0f;
@@ -73,6 +74,8 @@ static __attribute__((noinline)) FR_TARGET void FR_SFX(fr_tile_edge)(
             FR_SFX(fr_tile)(MR_, 1, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); \
         else if (nv == 2)                                                                  \
             FR_SFX(fr_tile)(MR_, 2, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); \
+        else if (FR_NV > 3 && nv == 3)                                                     \
+            FR_SFX(fr_tile)(MR_, 3, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, 1); \
         else                                                                               \
             FR_SFX(fr_tile)(MR_, FR_NV, kc, A, lda, seg_k, seg_stride, Pt, ldp, tmp, TILE, \
                             1);                                                            \
