@@ -18,7 +18,7 @@ for the OpenMP batch split, GEMMs large enough for the row split, inference
 chunking, long sequences).
 
 Long or exhaustive cases are marked ``slow`` and only run with
-FASTRNN_SLOW_TESTS=1 or -m slow (see _slow.py).
+FASTRNN_SLOW_TESTS=1 or -m slow (see conftest.py).
 """
 
 import re
@@ -31,7 +31,6 @@ from threadpoolctl import threadpool_limits
 from fastrnn import _recurrent as K
 from fastrnn import reference as R
 
-from _slow import skip_slow_unless_asked  # noqa: F401 (autouse fixture)
 
 CELLS = [R.CELL_RNN_TANH, R.CELL_RNN_RELU, R.CELL_LSTM, R.CELL_GRU]
 CELL_NAMES = {R.CELL_RNN_TANH: "tanh", R.CELL_RNN_RELU: "relu",

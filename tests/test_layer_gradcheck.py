@@ -15,7 +15,6 @@ import pytest
 
 import fastrnn
 
-from _slow import skip_slow_unless_asked  # noqa: F401 (autouse fixture)
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 

@@ -1,12 +1,13 @@
-"""The switch of tests/_slow.py: which runs ask for the ``slow`` cases."""
+"""The switch of tests/conftest.py: which runs ask for the ``slow`` cases."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from _slow import slow_tests_asked
+from conftest import slow_tests_asked
 
 TESTS = pathlib.Path(__file__).parent
 
@@ -44,8 +45,6 @@ def test_slow_tests_asked(monkeypatch, env, markexpr, asked):
 _CASES = """
 import pytest
 
-from _slow import skip_slow_unless_asked  # noqa: F401 (autouse fixture)
-
 
 @pytest.mark.slow
 def test_long():
@@ -63,11 +62,11 @@ def test_short():
     ("0", ["-m", "slow"], "1 passed, 1 deselected"),
 ])
 def test_fixture_skips_slow_cases_unless_asked(tmp_path, env, args, outcome):
-    """A module that imports the fixture: its slow case is skipped, with the
+    """A suite with this conftest.py: its slow case is skipped, with the
     reason, unless the environment variable or -m asks for it."""
     (tmp_path / "test_cases.py").write_text(_CASES)
-    environment = dict(os.environ, FASTRNN_SLOW_TESTS=env,
-                       PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    environment = dict(os.environ, FASTRNN_SLOW_TESTS=env)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                           "--rootdir", str(tmp_path), str(tmp_path), *args],
                          capture_output=True, text=True, env=environment, cwd=tmp_path)
