@@ -422,38 +422,30 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
     cdef Py_ssize_t gld = job.gates_ld, nt = job.tiles
     cdef Py_ssize_t pt = job.partial_tiles if k1 == job.n_blocks else 0
     cdef Py_ssize_t pu = job.partial_units
-    cdef float *gates
-    if r0 == 0 and r1 == B:
-        gates = job.gates + k0 * job.gates_block_stride + (t_lo - first_t) * B * gld
-        if job.x_step == B * job.x_ld:
-            # gates[t_lo:t_hi, :, own blocks] (+)= x[t_lo:t_hi] @ weight_ih[own units].T
-            _gemm((t_hi - t_lo) * B, I, job.x + t_lo * job.x_step, job.x_ld, 0, 0,
-                  job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt, gates, gld,
-                  job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu)
-        elif B >= t_hi - t_lo:
-            # A batch-first x, read where it is (no copy of the input), a step
-            # at a time (the larger products: batch rows, not chunk steps):
-            # gates[t, :, own blocks] (+)= x[:, t] @ weight_ih[own units].T
-            for t in range(t_lo, t_hi):
-                _gemm(B, I, job.x + t * job.x_step, job.x_ld, 0, 0,
-                      job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
-                      gates + (t - t_lo) * B * gld, gld, job.gates_tile_stride,
-                      (k1 - k0) * bc, accumulate, backwards, pt, pu)
-        else:
-            # ... or a batch row at a time:
-            # gates[t_lo:t_hi, b, own blocks] (+)= x[b, t_lo:t_hi] @ weight_ih[own units].T
-            for b in range(B):
-                _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + b * job.x_ld, job.x_step,
-                      0, 0, job.weight_ih + k0 * I * bc, TILE, (k1 - k0) * nt,
-                      gates + b * gld, B * gld, job.gates_tile_stride, (k1 - k0) * bc,
-                      accumulate, backwards, pt, pu)
+    cdef const float *weight = job.weight_ih + k0 * I * bc
+    cdef float *gates = job.gates + k0 * job.gates_block_stride
+    if r0 == 0 and r1 == B and job.x_step == B * job.x_ld:
+        # A time-major x, the chunk's rows in one product:
+        # gates[t_lo:t_hi, :, own blocks] (+)= x[t_lo:t_hi] @ weight_ih[own units].T
+        _gemm((t_hi - t_lo) * B, I, job.x + t_lo * job.x_step, job.x_ld, 0, 0, weight, TILE,
+              (k1 - k0) * nt, gates + (t_lo - first_t) * B * gld, gld, job.gates_tile_stride,
+              (k1 - k0) * bc, accumulate, backwards, pt, pu)
+    elif r0 == 0 and r1 == B and B < t_hi - t_lo:
+        # A batch-first x, read where it is (no copy of the input), a batch row
+        # at a time when the rows are fewer than the steps:
+        # gates[t_lo:t_hi, b, own blocks] (+)= x[b, t_lo:t_hi] @ weight_ih[own units].T
+        for b in range(B):
+            _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + b * job.x_ld, job.x_step, 0, 0,
+                  weight, TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + b) * gld,
+                  B * gld, job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt,
+                  pu)
     else:
+        # A step at a time (a batch split's own rows, or a batch-first x):
+        # gates[t, own rows, own blocks] (+)= x[t, own rows] @ weight_ih[own units].T
         for t in range(t_lo, t_hi):
-            # gates[t, own rows] (+)= x[t, own rows] @ weight_ih.T
-            _gemm(r1 - r0, I, job.x + t * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0,
-                  job.weight_ih, TILE, job.n_blocks * nt,
-                  job.gates + ((t - first_t) * B + r0) * gld, gld, job.gates_tile_stride,
-                  job.total_cols, accumulate, backwards, job.partial_tiles, pu)
+            _gemm(r1 - r0, I, job.x + t * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0, weight,
+                  TILE, (k1 - k0) * nt, gates + ((t - first_t) * B + r0) * gld, gld,
+                  job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu)
 
 
 cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t col0,
