@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn._aligned import CACHE_LINE, aligned_empty
+from fastrnn._aligned import CACHE_LINE, PAGE, aligned_empty
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -18,6 +18,17 @@ def test_aligned_empty_shape_dtype_alignment(shape, dtype):
             assert a.ctypes.data % CACHE_LINE == 0
         a[...] = 1  # the whole array is usable memory
         assert a.sum() == a.size
+
+
+@pytest.mark.parametrize("alignment", [1, 16, PAGE])
+def test_aligned_empty_other_alignments(alignment):
+    for _ in range(5):
+        a = aligned_empty((3, 100), alignment=alignment)
+        assert a.ctypes.data % alignment == 0
+        a[...] = 2
+        assert a.sum() == 600
+    with pytest.raises(ValueError, match="power of two"):
+        aligned_empty(4, alignment=48)
 
 
 def test_aligned_empty_int_shape_and_negative_size():
