@@ -50,6 +50,7 @@ cdef extern from "_packed_gemm.h" nogil:
         Py_ssize_t ldc, c_block_stride, n_cols
         int accumulate, reverse_blocks
         Py_ssize_t partial_blocks, partial_cols
+        Py_ssize_t groups, a_group_stride, c_group_stride
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
@@ -347,10 +348,11 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
                        Py_ssize_t block_cols, Py_ssize_t n_blocks, float *C, Py_ssize_t ldc,
                        Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate,
                        int reverse_blocks=0, Py_ssize_t partial_blocks=0,
-                       Py_ssize_t partial_cols=0) noexcept nogil:
+                       Py_ssize_t partial_cols=0, Py_ssize_t groups=1,
+                       Py_ssize_t a_group_stride=0, Py_ssize_t c_group_stride=0) noexcept nogil:
     """fr_gemm_general with its arguments spelled out (see _packed_gemm.h)."""
     cdef fr_gemm_args g
-    if rows <= 0 or n_blocks <= 0 or n_cols <= 0:
+    if rows <= 0 or n_blocks <= 0 or n_cols <= 0 or groups <= 0:
         return
     g.rows, g.K, g.A, g.lda = rows, K, A, lda
     g.a_block_k, g.a_block_stride = a_block_k, a_block_stride
@@ -359,6 +361,7 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
     g.accumulate = accumulate
     g.reverse_blocks = reverse_blocks
     g.partial_blocks, g.partial_cols = partial_blocks, partial_cols
+    g.groups, g.a_group_stride, g.c_group_stride = groups, a_group_stride, c_group_stride
     fr_gemm_general(&g)
 
 
@@ -429,7 +432,7 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
                    int backwards) noexcept nogil:
     """The input projection of steps [t_lo, t_hi) for one thread's rows [r0, r1)
     and blocks [k0, k1) (all rows, or all blocks)."""
-    cdef Py_ssize_t t, b, B = job.batch, I = job.input_size, bc = job.block_cols
+    cdef Py_ssize_t B = job.batch, I = job.input_size, bc = job.block_cols
     cdef Py_ssize_t gld = job.gates_ld, nt = job.tiles
     cdef Py_ssize_t pt = job.partial_tiles if k1 == job.n_blocks else 0
     cdef Py_ssize_t pu = job.partial_units
@@ -441,22 +444,22 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
         _gemm((t_hi - t_lo) * B, I, job.x + t_lo * job.x_step, job.x_ld, 0, 0, weight, TILE,
               (k1 - k0) * nt, gates + (t_lo - first_t) * B * gld, gld, job.gates_tile_stride,
               (k1 - k0) * bc, accumulate, backwards, pt, pu)
-    elif r0 == 0 and r1 == B and B < t_hi - t_lo:
-        # A batch-first x, read where it is (no copy of the input), a batch row
-        # at a time when the rows are fewer than the steps:
-        # gates[t_lo:t_hi, b, own blocks] (+)= x[b, t_lo:t_hi] @ weight_ih[own units].T
-        for b in range(B):
-            _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + b * job.x_ld, job.x_step, 0, 0,
-                  weight, TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + b) * gld,
-                  B * gld, job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt,
-                  pu)
+    elif r1 - r0 < t_hi - t_lo:
+        # Otherwise (a batch-first x, or a batch split's own rows) one product
+        # over groups of rows, which streams the weights once: a row's steps
+        # in each group when the rows are fewer than the steps,
+        # gates[t_lo:t_hi, b, own blocks] (+)= x[t_lo:t_hi, b] @ weight_ih[own units].T
+        _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + r0 * job.x_ld, job.x_step, 0, 0,
+              weight, TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + r0) * gld, B * gld,
+              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu,
+              r1 - r0, job.x_ld, gld)
     else:
-        # A step at a time (a batch split's own rows, or a batch-first x):
-        # gates[t, own rows, own blocks] (+)= x[t, own rows] @ weight_ih[own units].T
-        for t in range(t_lo, t_hi):
-            _gemm(r1 - r0, I, job.x + t * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0, weight,
-                  TILE, (k1 - k0) * nt, gates + ((t - first_t) * B + r0) * gld, gld,
-                  job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu)
+        # ...else a step's rows in each group:
+        # gates[t, r0:r1, own blocks] (+)= x[t, r0:r1] @ weight_ih[own units].T
+        _gemm(r1 - r0, I, job.x + t_lo * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0, weight,
+              TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + r0) * gld, gld,
+              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu,
+              t_hi - t_lo, job.x_step, B * gld)
 
 
 cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t col0,

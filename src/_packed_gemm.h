@@ -29,7 +29,11 @@
 #include <omp.h>
 #endif
 
-/* C[r, b*block_cols + c] (+)= sum_k A[r, k] * P[b][k][c] for rows r < rows,
+/* C[r, b*block_cols + c] (+)= sum_k A[r, k] * P[b][k][c] for rows r < rows
+ * (of each of `groups` groups of rows: group g's A at A + g*a_group_stride and
+ * C at C + g*c_group_stride; a slice of P stays in L1 across all of them: the
+ * input projection of a chunk of steps for one thread's batch rows, which are
+ * `rows` rows of each step, streams W_ih once, not once a step),
  * blocks b < n_blocks, and only the first n_cols columns in total (the rest
  * of the last block is padding and is not stored).
  * A is row-major (row r at A + r*lda), or, when a_block_k > 0, k-blocked:
@@ -53,6 +57,7 @@ typedef struct {
     ptrdiff_t ldc, c_block_stride, n_cols;
     int accumulate, reverse_blocks;
     ptrdiff_t partial_blocks, partial_cols;
+    ptrdiff_t groups, a_group_stride, c_group_stride;
 } fr_gemm_args;
 
 typedef void (*fr_gemm_fn)(const fr_gemm_args *args);

@@ -111,6 +111,8 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
     const ptrdiff_t a_block_k = g->a_block_k, a_block_stride = g->a_block_stride;
     const ptrdiff_t bc = g->block_cols, n_blocks = g->n_blocks, n_cols = g->n_cols;
     const ptrdiff_t c_block_stride = g->c_block_stride;
+    const ptrdiff_t groups = g->groups, a_group_stride = g->a_group_stride;
+    const ptrdiff_t c_group_stride = g->c_group_stride;
     const float *A = g->A, *P = g->P;
     float *C = g->C;
     const int accumulate = g->accumulate;
@@ -145,12 +147,13 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
                  * 4 + 4, not 6 + 2): a short tile does as many loads as a full one
                  * for fewer FMAs. */
                 ptrdiff_t mr;
+                for (ptrdiff_t gi = 0; gi < groups; gi++)
                 for (ptrdiff_t r0 = 0; r0 < rows; r0 += mr) {
                     const ptrdiff_t left = rows - r0;
                     mr = (left >= 2 * FR_MR || left <= FR_MR) ? (left < FR_MR ? left : FR_MR)
                                                                : (left + 1) / 2;
-                    const float *Ar = Ak + r0 * lda;
-                    float *Cr = Cb + r0 * ldc + c0;
+                    const float *Ar = Ak + gi * a_group_stride + r0 * lda;
+                    float *Cr = Cb + gi * c_group_stride + r0 * ldc + c0;
                     switch (mr) {
 #if FR_MR > 5
                     case 6: FR_TILE_ANY(6, kc, Ar, lda, seg_k, seg_stride, Pt, bc, Cr, ldc); break;
