@@ -824,12 +824,12 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
 
     _base_job(job, packed, B, gates, gates_h, h, c)
     thread_space = None
-    if not training:
-        thread_space = _thread_space(job, max(1, PROJECTION_ROWS // B), n_threads, workspace)
     if training:
         # The whole sequence's gates, tile-major (the layout backward reads).
         job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
         job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
+    else:
+        thread_space = _thread_space(job, max(1, PROJECTION_ROWS // B), n_threads, workspace)
     job.reverse = reverse
     job.training = training
     job.seq_len, job.chunk = T, chunk
