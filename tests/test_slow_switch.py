@@ -1,4 +1,4 @@
-"""The switch of tests/conftest.py: which runs ask for the ``slow`` cases."""
+"""The switch of the repository's conftest.py: which runs ask for the ``slow`` cases."""
 import os
 import pathlib
 import shutil
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import slow_tests_asked
 
-TESTS = pathlib.Path(__file__).parent
+ROOT = pathlib.Path(__file__).parent.parent
 
 
 class _Config:
@@ -65,7 +65,7 @@ def test_fixture_skips_slow_cases_unless_asked(tmp_path, env, args, outcome):
     """A suite with this conftest.py: its slow case is skipped, with the
     reason, unless the environment variable or -m asks for it."""
     (tmp_path / "test_cases.py").write_text(_CASES)
-    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
     environment = dict(os.environ, FASTRNN_SLOW_TESTS=env)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                           "--rootdir", str(tmp_path), str(tmp_path), *args],

@@ -1,4 +1,4 @@
-"""pytest configuration of the test suite: the ``slow`` marker's switch.
+"""pytest configuration of the test suite (tests/): the ``slow`` marker's switch.
 
 Long or exhaustive cases (``@pytest.mark.slow``) are skipped unless
 FASTRNN_SLOW_TESTS=1 is set or they are asked for with ``-m slow``.
