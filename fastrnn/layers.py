@@ -627,8 +627,9 @@ class _RNNBase(_RecurrentBase):
     # run at the same time, each with its own results; training calls (which
     # share the cache and the gradients) wait their turn. _busy is re-entrant:
     # a call inside a call in the same thread (step() in training runs forward)
-    # keeps the buffers. (Inline, not a context manager: that would add a
-    # microsecond to every call.)
+    # keeps the buffers. (Inline in forward and step, not a context manager,
+    # which would add a microsecond to every call, nor a helper taking the
+    # call: +0.15-0.25 us on a 1.2 us streaming step.)
 
     def _beside(self, call, *args):
         """``call(False, *args)`` on fresh buffers (see above)."""

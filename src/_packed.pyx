@@ -81,6 +81,11 @@ _ISA_NAMES = {v: k for k, v in ISAS.items()}
 
 # Rows of the hoisted input projection per chunk of steps (as in _recurrent).
 DEF PROJECTION_ROWS = 128
+
+
+cdef inline Py_ssize_t _max_chunk(Py_ssize_t batch) noexcept nogil:
+    """Steps of an inference chunk (their gates in the chunk buffer) at this batch."""
+    return max(1, PROJECTION_ROWS // batch)
 # Split the batch across threads when each gets at least this many rows;
 # below, split the hidden units (a barrier per step). Forward and BPTT both
 # split the batch from 4 rows a thread (from 2, the hidden split stayed ahead:
@@ -434,6 +439,7 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
     and blocks [k0, k1) (all rows, or all blocks)."""
     cdef Py_ssize_t B = job.batch, I = job.input_size, bc = job.block_cols
     cdef Py_ssize_t gld = job.gates_ld, nt = job.tiles
+    cdef Py_ssize_t rows, groups, lda, ldc, a_group_stride, c_group_stride
     cdef Py_ssize_t pt = job.partial_tiles if k1 == job.n_blocks else 0
     cdef Py_ssize_t pu = job.partial_units
     cdef const float *weight = job.weight_ih + k0 * I * bc
@@ -444,22 +450,21 @@ cdef void _project(const Job *job, Py_ssize_t t_lo, Py_ssize_t t_hi, Py_ssize_t 
         _gemm((t_hi - t_lo) * B, I, job.x + t_lo * job.x_step, job.x_ld, 0, 0, weight, TILE,
               (k1 - k0) * nt, gates + (t_lo - first_t) * B * gld, gld, job.gates_tile_stride,
               (k1 - k0) * bc, accumulate, backwards, pt, pu)
-    elif r1 - r0 < t_hi - t_lo:
-        # Otherwise (a batch-first x, or a batch split's own rows) one product
-        # over groups of rows, which streams the weights once: a row's steps
-        # in each group when the rows are fewer than the steps,
-        # gates[t_lo:t_hi, b, own blocks] (+)= x[t_lo:t_hi, b] @ weight_ih[own units].T
-        _gemm(t_hi - t_lo, I, job.x + t_lo * job.x_step + r0 * job.x_ld, job.x_step, 0, 0,
-              weight, TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + r0) * gld, B * gld,
-              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu,
-              r1 - r0, job.x_ld, gld)
     else:
-        # ...else a step's rows in each group:
-        # gates[t, r0:r1, own blocks] (+)= x[t, r0:r1] @ weight_ih[own units].T
-        _gemm(r1 - r0, I, job.x + t_lo * job.x_step + r0 * job.x_ld, job.x_ld, 0, 0, weight,
-              TILE, (k1 - k0) * nt, gates + ((t_lo - first_t) * B + r0) * gld, gld,
-              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu,
-              t_hi - t_lo, job.x_step, B * gld)
+        # Otherwise (a batch-first x, or a batch split's own rows) one product
+        # over groups of rows, which streams the weights once: each group a
+        # row's steps when the rows are fewer than the steps, else a step's rows.
+        # gates[t_lo:t_hi, r0:r1, own blocks] (+)= x[t_lo:t_hi, r0:r1] @ weight_ih[own units].T
+        if r1 - r0 < t_hi - t_lo:
+            rows, groups = t_hi - t_lo, r1 - r0
+            lda, a_group_stride, ldc, c_group_stride = job.x_step, job.x_ld, B * gld, gld
+        else:
+            rows, groups = r1 - r0, t_hi - t_lo
+            lda, a_group_stride, ldc, c_group_stride = job.x_ld, job.x_step, gld, B * gld
+        _gemm(rows, I, job.x + t_lo * job.x_step + r0 * job.x_ld, lda, 0, 0, weight, TILE,
+              (k1 - k0) * nt, gates + ((t_lo - first_t) * B + r0) * gld, ldc,
+              job.gates_tile_stride, (k1 - k0) * bc, accumulate, backwards, pt, pu, groups,
+              a_group_stride, c_group_stride)
 
 
 cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t col0,
@@ -475,12 +480,13 @@ cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef unsigned int fp_state = fr_ftz_enter()
+    cdef Py_ssize_t stride = 0
+    if n_threads > 1 and not job.split_hidden and job.thread_space != NULL:
+        stride = _thread_stride(job, job.chunk, n_threads)
     # A team smaller than launched (OMP_THREAD_LIMIT) may not fit the thread
     # space: it shares the job's buffers.
-    if (n_threads > 1 and not job.split_hidden and job.thread_space != NULL
-            and n_threads * _thread_stride(job, job.chunk, n_threads)
-                <= job.thread_space_floats):
-        _run_rows(job, tid, n_threads)
+    if stride > 0 and n_threads * stride <= job.thread_space_floats:
+        _run_rows(job, tid, n_threads, job.thread_space + tid * stride)
     else:
         _run_steps(job, tid, n_threads)
     fr_ftz_leave(fp_state)
@@ -489,9 +495,10 @@ cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
         fr_barrier_finish(<fr_barrier *>&job.barrier, n_threads, tid)
 
 
-cdef void _run_rows(const Job *job, int tid, int n_threads) noexcept nogil:
+cdef void _run_rows(const Job *job, int tid, int n_threads, float *space) noexcept nogil:
     """One thread of an inference batch split: its rows as a job of their own,
-    on its own buffers (Job.thread_space), the state copied in and out.
+    on its own buffers (in `space`, its part of Job.thread_space), the state
+    copied in and out.
     Sharing the job's buffers, each thread wrote its rows of the state and the
     gates next to the other's, in the same pages, which cost 10-20% whenever
     this VM's two cores were far apart (a state that comes and goes for minutes):
@@ -511,8 +518,7 @@ cdef void _run_rows(const Job *job, int tid, int n_threads) noexcept nogil:
     if job.lengths != NULL:
         rows.lengths = job.lengths + r0
     rows.thread_space = NULL
-    _thread_buffers(job.cell, job.chunk, n, H, job.total_cols,
-                    job.thread_space + tid * _thread_stride(job, job.chunk, n_threads), &rows)
+    _thread_buffers(job.cell, job.chunk, n, H, job.total_cols, space, &rows)
     # Inference keeps two states: the initial one in the first.
     memcpy(rows.h, job.h + r0 * H, n * H * sizeof(float))
     if job.c != NULL:
@@ -670,16 +676,16 @@ cdef inline Py_ssize_t _thread_stride(const Job *job, Py_ssize_t chunk,
                            job.hidden_size, job.total_cols, NULL, NULL)
 
 
-cdef object _thread_space(Job *job, Py_ssize_t max_chunk, int n_threads, workspace):
+cdef object _thread_space(Job *job, int n_threads, workspace):
     """The space for `job`'s batch splits when launched on n_threads threads
-    (by _launch, or by _launch_pair: half of them), for chunks of up to
-    max_chunk steps, from `workspace` (see _buffer) when given; None, and none
-    used, when no batch split can happen. Inference only."""
+    (by _launch, or by _launch_pair: half of them), for its longest chunks, from
+    `workspace` (see _buffer) when given; None, and none used, when no batch
+    split can happen. Inference only."""
     cdef int threads
     cdef Py_ssize_t size = 0
     for threads in (n_threads, n_threads // 2, n_threads - n_threads // 2):
         if threads >= 2 and not _splits_hidden(job, threads):
-            size = max(size, threads * _thread_stride(job, max_chunk, threads))
+            size = max(size, threads * _thread_stride(job, _max_chunk(job.batch), threads))
     job.thread_space = NULL
     if size == 0:
         return None
@@ -796,7 +802,7 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
     # Workspace; every array below is C-contiguous float32 (made here, or checked
     # by check_forward_args / built by PackedWeights), so raw pointers are safe.
     hn_cache = None
-    chunk = min(T, max(1, PROJECTION_ROWS // B))
+    chunk = min(T, _max_chunk(B))
     if training:
         gates = _buffer(workspace, "gates", (n_blocks * (bc // TILE), TB, TILE))
         states = T + 1
@@ -829,7 +835,7 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
         job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
     else:
-        thread_space = _thread_space(job, max(1, PROJECTION_ROWS // B), n_threads, workspace)
+        thread_space = _thread_space(job, n_threads, workspace)
     job.reverse = reverse
     job.training = training
     job.seq_len, job.chunk = T, chunk
@@ -1055,14 +1061,12 @@ cdef class SequenceRunner:
         H, bc, n_blocks = packed.hidden_size, packed.block_cols, packed.n_blocks
         tc = n_blocks * bc
         self.packed, self.batch, self.n_threads = packed, batch, n_threads
-        # The longest chunk forward uses (see PROJECTION_ROWS).
-        self.gates = aligned_empty((max(1, PROJECTION_ROWS // batch), batch, tc))
+        self.gates = aligned_empty((_max_chunk(batch), batch, tc))
         self.gates_h = aligned_empty((batch, tc)) if packed.cell == GRU else None
         self.h = aligned_empty((2, batch, H))
         self.c = aligned_empty((2, batch, H)) if packed.cell == LSTM else None
         _base_job(job, packed, batch, self.gates, self.gates_h, self.h, self.c)
-        self.thread_space = _thread_space(job, max(1, PROJECTION_ROWS // batch), n_threads,
-                                          None)
+        self.thread_space = _thread_space(job, n_threads, None)
         job.reverse = reverse
 
     cdef void _start(self, const float *x, Py_ssize_t x_step, Py_ssize_t x_ld,
@@ -1077,7 +1081,7 @@ cdef class SequenceRunner:
         cdef Job *job = &self.job
         cdef Py_ssize_t size = self.batch * job.hidden_size
         job.seq_len = seq_len
-        job.chunk = min(seq_len, max(1, PROJECTION_ROWS // self.batch))
+        job.chunk = min(seq_len, _max_chunk(self.batch))
         job.x, job.x_step, job.x_ld, job.lengths = x, x_step, x_ld, lengths
         job.out, job.out_step, job.out_ld, job.out_col = out, out_step, out_ld, out_col
         if h0 != NULL:
