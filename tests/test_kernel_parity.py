@@ -17,8 +17,8 @@ input, batches that do not divide evenly across threads, batches large enough
 for the OpenMP batch split, GEMMs large enough for the row split, inference
 chunking, long sequences).
 
-Long or exhaustive cases are marked ``slow`` and only run with
-FASTRNN_SLOW_TESTS=1 or -m slow (see conftest.py).
+Long or exhaustive cases are marked ``slow`` and only run when asked for
+with -m (see pyproject.toml).
 """
 
 import re
