@@ -26,6 +26,7 @@ from _cells cimport (FR_LSTM_BLOCK_UNITS, GRU, LSTM, RNN_RELU, gru_backward_row_
                     lstm_forward_blocks_f32, lstm_forward_row_f32, rnn_backward_row_f32,
                     rnn_forward_row_f32)
 
+import functools
 import os
 
 import numpy as np
@@ -51,12 +52,13 @@ cdef extern from "_packed_gemm.h" nogil:
         int accumulate, reverse_blocks
         Py_ssize_t partial_blocks, partial_cols
         Py_ssize_t groups, a_group_stride, c_group_stride
+        Py_ssize_t p_block_stride
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
     void fr_transpose_add_rows(Py_ssize_t K, Py_ssize_t c0, Py_ssize_t c1, const float *src,
-                               Py_ssize_t ld_src, const int64_t *dst_rows, float *dst,
-                               Py_ssize_t ld_dst)
+                               Py_ssize_t ld_src, int n_src, Py_ssize_t src_stride,
+                               const int64_t *dst_rows, float *dst, Py_ssize_t ld_dst)
     int fr_flush_denormals
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
@@ -346,6 +348,11 @@ cdef struct Job:
     # buffers, as in training, whose cache is laid out for the backward).
     float *thread_space
     Py_ssize_t thread_space_floats
+    # Training split by batch rows: `parts` sub-batches (one a thread), each laid
+    # out on its own in the cache (see _run_part); 1: the rows share the layout.
+    Py_ssize_t parts
+    # GRU's hn cache: unit block b at hn_cache + b * hn_block_stride.
+    Py_ssize_t hn_block_stride
 
 
 cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t lda,
@@ -354,7 +361,8 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
                        Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate,
                        int reverse_blocks=0, Py_ssize_t partial_blocks=0,
                        Py_ssize_t partial_cols=0, Py_ssize_t groups=1,
-                       Py_ssize_t a_group_stride=0, Py_ssize_t c_group_stride=0) noexcept nogil:
+                       Py_ssize_t a_group_stride=0, Py_ssize_t c_group_stride=0,
+                       Py_ssize_t p_block_stride=0) noexcept nogil:
     """fr_gemm_general with its arguments spelled out (see _packed_gemm.h)."""
     cdef fr_gemm_args g
     if rows <= 0 or n_blocks <= 0 or n_cols <= 0 or groups <= 0:
@@ -367,6 +375,7 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
     g.reverse_blocks = reverse_blocks
     g.partial_blocks, g.partial_cols = partial_blocks, partial_cols
     g.groups, g.a_group_stride, g.c_group_stride = groups, a_group_stride, c_group_stride
+    g.p_block_stride = p_block_stride
     fr_gemm_general(&g)
 
 
@@ -376,7 +385,7 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
     """The fused elementwise pass for batch rows [r0, r1) and blocks [k0, k1) of
     step t, whose gate rows start at row0 (t - chunk start) * batch."""
     cdef Py_ssize_t b, blk, u0, n, H = job.hidden_size, U = job.U, bc = job.block_cols
-    cdef Py_ssize_t TB = job.seq_len * job.batch, gbs = job.gates_block_stride, whole
+    cdef Py_ssize_t gbs = job.gates_block_stride, whole
     cdef float *g
     cdef float *gh
     cdef float *out_row
@@ -415,7 +424,7 @@ cdef void _elementwise(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t 
                                     h_new + b * H + u0, out_row + u0)
                 if job.hn_cache != NULL:
                     # Backward needs hn = W_hn h + b_hn (block-major, like the gates).
-                    memcpy(job.hn_cache + blk * TB * U + (t * job.batch + b) * U,
+                    memcpy(job.hn_cache + blk * job.hn_block_stride + (t * job.batch + b) * U,
                            gh + 2 * U, n * sizeof(float))
             else:
                 rnn_forward_row_f32(n, job.cell == RNN_RELU, g + blk * gbs, job.bias + blk * bc,
@@ -480,12 +489,20 @@ cdef void _add_recurrent(const Job *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_
 cdef void _run_thread(const Job *job, int tid, int n_threads) noexcept nogil:
     """Everything one thread does in a forward: its rows x blocks for every step."""
     cdef unsigned int fp_state = fr_ftz_enter()
-    cdef Py_ssize_t stride = 0
+    cdef Py_ssize_t stride = 0, part
     if n_threads > 1 and not job.split_hidden and job.thread_space != NULL:
         stride = _thread_stride(job, job.chunk, n_threads)
-    # A team smaller than launched (OMP_THREAD_LIMIT) may not fit the thread
-    # space: it shares the job's buffers.
-    if stride > 0 and n_threads * stride <= job.thread_space_floats:
+    if job.parts > 1:
+        # A team smaller than launched (OMP_THREAD_LIMIT): one thread runs every
+        # part, which are independent.
+        if n_threads == job.parts:
+            _run_part(job, tid)
+        elif tid == 0:
+            for part in range(job.parts):
+                _run_part(job, part)
+    # A team smaller than launched may not fit the thread space either: it
+    # shares the job's buffers.
+    elif stride > 0 and n_threads * stride <= job.thread_space_floats:
         _run_rows(job, tid, n_threads, job.thread_space + tid * stride)
     else:
         _run_steps(job, tid, n_threads)
@@ -527,6 +544,48 @@ cdef void _run_rows(const Job *job, int tid, int n_threads, float *space) noexce
     memcpy(job.h + (last * B + r0) * H, rows.h + last * n * H, n * H * sizeof(float))
     if job.c != NULL:
         memcpy(job.c + (last * B + r0) * H, rows.c + last * n * H, n * H * sizeof(float))
+
+
+cdef void _run_part(const Job *job, Py_ssize_t part) noexcept nogil:
+    """Sub-batch `part` of a training batch split (Job.parts): its rows as a
+    job of their own, whose cache is a contiguous piece of every gate tile
+    and state array: with the part's rows r0..r1 (n of them), step t's row
+    r0 + b is row r0 * T + t * n + b of each tile (and of GRU's hn), and its
+    states start at row r0 * (T + 1) of h, c and hm.
+    With the rows of both threads interleaved in every step (one part), the
+    backward's products, split by columns, read half of every line the other
+    core wrote, and the next forward writes them back: in the minutes when this
+    VM's two cores are far apart (a cache-line round trip of 400 ns, not 100),
+    LSTM B=8 H=128 T=100 training took 2.15 ms on 2 threads against 1.52-1.60
+    for two independent 1-thread layers of 4 rows (1.50 and 1.52 otherwise).
+    In parts, separate processes, 2 threads, ms, in that state: LSTM B=8
+    2.15 -> 1.80-1.89, GRU 1.81 -> 1.55, RNN 0.79-0.81 -> 0.68-0.70, GRU B=32
+    H=256 T=50 10.5 -> 9.6; otherwise LSTM B=8 1.50 -> 1.47-1.49, B=32
+    within the noise (12.58 against 12.67, interleaved in one process)."""
+    cdef Job rows = job[0]
+    cdef Py_ssize_t T = job.seq_len, H = job.hidden_size, B = job.batch
+    cdef Py_ssize_t r0 = block_start(B, job.parts, part), r1 = block_start(B, job.parts, part + 1)
+    if r1 <= r0:
+        return
+    rows.batch = r1 - r0
+    rows.parts = 1
+    rows.split_hidden = False
+    rows.x = job.x + r0 * job.x_ld
+    rows.out = job.out + r0 * job.out_ld
+    if job.lengths != NULL:
+        rows.lengths = job.lengths + r0
+    rows.gates = job.gates + r0 * T * job.gates_ld
+    if job.gates_h != NULL:
+        rows.gates_h = job.gates_h + r0 * job.total_cols
+    if job.hn_cache != NULL:
+        rows.hn_cache = job.hn_cache + r0 * T * job.U
+    rows.h = job.h + r0 * (T + 1) * H
+    if job.c != NULL:
+        rows.c = job.c + r0 * (T + 1) * H
+    if job.hm != NULL:
+        rows.hm = job.hm + r0 * (T + 1) * H
+        rows.recurrent_mask = job.recurrent_mask + r0 * H
+    _run_steps(&rows, 0, 1)
 
 
 cdef void _run_steps(const Job *job, int tid, int n_threads) noexcept nogil:
@@ -695,7 +754,7 @@ cdef object _thread_space(Job *job, int n_threads, workspace):
     return space
 
 
-cdef int _team(Job *job, int n_threads) noexcept nogil:
+cdef int _team_size(const Job *job, int n_threads, bint *split_hidden) noexcept nogil:
     """The threads a forward job runs on (at most n_threads) and its split: the
     batch across threads when each gets enough rows and W_hh is small enough,
     otherwise the hidden units (one barrier per step)."""
@@ -704,15 +763,28 @@ cdef int _team(Job *job, int n_threads) noexcept nogil:
             < MIN_PARALLEL_WORK):
         # Too little work to pay for waking a second thread.
         n_threads = 1
-    job.split_hidden = _splits_hidden(job, n_threads)
-    if job.split_hidden:
+    split_hidden[0] = _splits_hidden(job, n_threads)
+    if split_hidden[0]:
         threads = min(n_threads, <int>job.n_blocks)
     else:
         threads = min(n_threads, <int>(job.batch // MIN_ROWS_PER_THREAD))
     if threads <= 1:
-        job.split_hidden = False
+        split_hidden[0] = False
         return 1
-    fr_barrier_init(&job.barrier)
+    return threads
+
+
+cdef int _team(Job *job, int n_threads) noexcept nogil:
+    """_team_size, set in the job; a training job split into parts runs one
+    thread a part (or one thread for all of them)."""
+    cdef int threads
+    if job.parts > 1:
+        job.split_hidden = False
+        threads = <int>job.parts if n_threads >= job.parts else 1
+    else:
+        threads = _team_size(job, n_threads, &job.split_hidden)
+    if threads > 1:
+        fr_barrier_init(&job.barrier)
     return threads
 
 
@@ -816,17 +888,17 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         first, last = 0, T % 2
     gates_h = _buffer(workspace, "gates_h", (B, total_cols)) if cell == GRU else None
     h = _buffer(workspace, "h", (states, B, H))
-    h[first] = h0
     hm = None
     recurrent_mask = check_recurrent_mask(recurrent_mask, training, B, H, np.float32)
     if recurrent_mask is not None:
         # Variational dropout: h * mask feeds the recurrent product (see Job).
         hm = _buffer(workspace, "hm", (states, B, H))
-        hm[first] = h[first] * recurrent_mask
-    c = None
-    if cell == LSTM:
-        c = _buffer(workspace, "c", (states, B, H))
-        c[first] = c0
+    c = _buffer(workspace, "c", (states, B, H)) if cell == LSTM else None
+    if not training:
+        # (Training places the initial state once its parts are known: _place_parts.)
+        h[first] = h0
+        if c is not None:
+            c[first] = c0
 
     _base_job(job, packed, B, gates, gates_h, h, c)
     thread_space = None
@@ -834,6 +906,7 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         # The whole sequence's gates, tile-major (the layout backward reads).
         job.gates_ld, job.gates_block_stride, job.gates_tile_stride = TILE, TB * bc, TB * TILE
         job.gate_stride = U if job.tiles == 1 else job.gates_tile_stride
+        job.hn_block_stride = TB * U
     else:
         thread_space = _thread_space(job, n_threads, workspace)
     job.reverse = reverse
@@ -849,20 +922,59 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
     job.hm = _ptr(hm) if hm is not None else NULL
     job.recurrent_mask = _ptr(recurrent_mask) if hm is not None else NULL
     return (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm,
-            recurrent_mask, lengths, last, thread_space)
+            recurrent_mask, lengths, first, last, thread_space, h0, c0)
 
 
-cdef tuple _finish_forward(tuple setup):
+def _state_parts(states, Py_ssize_t parts):
+    """A training cache's states (T+1, B, H) in the layout of Job.parts: for
+    each part, its rows r0..r1 and the (T+1, r1 - r0, H) array of them."""
+    steps, B, H = states.shape
+    flat = states.reshape(-1)
+    result = []
+    for part in range(parts):
+        r0, r1 = block_start(B, parts, part), block_start(B, parts, part + 1)
+        result.append((r0, r1, flat[r0 * steps * H:r1 * steps * H].reshape(steps, r1 - r0, H)))
+    return result
+
+
+cdef void _place_parts(Job *job, tuple setup, int n_threads) except *:
+    """A training job's layout, once the threads it runs on are known (n_threads:
+    its share when it runs beside another): split into parts when its team
+    splits the batch (see Job.parts); and its initial state put in place."""
+    (_, _, training, _, _, _, _, h, c, hm, recurrent_mask, _, first, _, _, h0, c0) = setup
+    cdef bint split_hidden
+    if not training:
+        return
+    cdef int threads = _team_size(job, n_threads, &split_hidden)
+    job.parts = threads if threads > 1 and not split_hidden else 1
+    for r0, r1, h_part in _state_parts(h, job.parts):
+        h_part[first] = h0[r0:r1]
+    if c is not None:
+        for r0, r1, c_part in _state_parts(c, job.parts):
+            c_part[first] = c0[r0:r1]
+    if hm is not None:
+        for r0, r1, hm_part in _state_parts(hm, job.parts):
+            hm_part[first] = h0[r0:r1] * recurrent_mask[r0:r1]
+
+
+cdef tuple _finish_forward(const Job *job, tuple setup):
     """(h_n, c_n, cache) of a job that has run (see forward)."""
     (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm, recurrent_mask,
-     lengths, last, _) = setup
-    h_n = h[last].copy()
-    c_n = c[last].copy() if c is not None else None
+     lengths, _, last, _, _, _) = setup
     if not training:
-        return h_n, c_n, None
+        return h[last].copy(), (c[last].copy() if c is not None else None), None
+    h_n = np.empty(h.shape[1:], np.float32)
+    for r0, r1, h_part in _state_parts(h, job.parts):
+        h_n[r0:r1] = h_part[last]
+    c_n = None
+    if c is not None:
+        c_n = np.empty(c.shape[1:], np.float32)
+        for r0, r1, c_part in _state_parts(c, job.parts):
+            c_n[r0:r1] = c_part[last]
     return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
                       "hn": hn_cache, "h_seq": h, "c_seq": c, "hm_seq": hm,
-                      "recurrent_mask": recurrent_mask, "consumed": False}
+                      "recurrent_mask": recurrent_mask, "parts": job.parts,
+                      "consumed": False}
 
 
 def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths,
@@ -879,9 +991,10 @@ def forward(int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, lengths
     setup = _setup_forward(&job, cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
                            lengths, reverse, training, out, out_col, n_threads, packed,
                            workspace, recurrent_mask)
+    _place_parts(&job, setup, n_threads)
     with nogil:
         _launch(&job, n_threads)
-    return _finish_forward(setup)
+    return _finish_forward(&job, setup)
 
 
 def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
@@ -911,15 +1024,23 @@ def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
         raise ValueError("the two directions must write separate columns of out, got "
                          f"out_col {jobs[0].out_col} and {jobs[1].out_col} for hidden sizes "
                          f"{jobs[0].hidden_size} and {jobs[1].hidden_size}")
-    _launch_directions(&jobs[0], &jobs[1], n_threads)
-    return [_finish_forward(setup) for setup in setups]
+    cdef bint together = _directions_together(&jobs[0], n_threads)
+    _place_parts(&jobs[0], setups[0], n_threads // 2 if together else n_threads)
+    _place_parts(&jobs[1], setups[1], n_threads - n_threads // 2 if together else n_threads)
+    _launch_directions(&jobs[0], &jobs[1], n_threads, together)
+    first_result = _finish_forward(&jobs[0], setups[0])
+    return [first_result, _finish_forward(&jobs[1], setups[1])]
 
 
-cdef void _launch_directions(Job *first, Job *second, int n_threads) noexcept:
-    """Run a bidirectional layer's two jobs, together or in turn (_together)."""
-    cdef bint together = _together(first.batch, first.hidden_size, first.total_cols,
-                                   first.seq_len * first.batch * first.total_cols
-                                   * (first.input_size + first.hidden_size), n_threads)
+cdef inline bint _directions_together(const Job *first, int n_threads) noexcept nogil:
+    """Whether a bidirectional layer's directions run at the same time (_together)."""
+    return _together(first.batch, first.hidden_size, first.total_cols,
+                     first.seq_len * first.batch * first.total_cols
+                     * (first.input_size + first.hidden_size), n_threads)
+
+
+cdef void _launch_directions(Job *first, Job *second, int n_threads, bint together) noexcept:
+    """Run a bidirectional layer's two jobs, together or in turn."""
     with nogil:
         if together:
             _launch_pair(first, second, n_threads)
@@ -975,6 +1096,8 @@ cdef void _base_job(Job *job, PackedWeights packed, Py_ssize_t batch, gates, gat
     job.hm = NULL
     job.recurrent_mask = NULL
     job.thread_space = NULL
+    job.parts = 1
+    job.hn_block_stride = 0
 
 
 cdef class Stepper:
@@ -1209,7 +1332,8 @@ def forward_cached(dict runners_by_key, x, hx, int n_threads, int directions=1,
                 _launch(&runner.job, n_threads)
         else:
             reverse = runners[l * D + 1]
-            _launch_directions(&runner.job, &reverse.job, n_threads)
+            _launch_directions(&runner.job, &reverse.job, n_threads,
+                               _directions_together(&runner.job, n_threads))
         for index in range(l * D, (l + 1) * D):
             runner = runners[index]
             runner._finish(_ptr(h_n) + index * B * H,
@@ -1406,6 +1530,10 @@ cdef struct BackJob:
     Py_ssize_t unit_groups
     # Per step when the hidden units are split; at the end of a batch split.
     fr_barrier barrier
+    # The forward's sub-batches (Job.parts; 1: the rows share the layout), the
+    # rows of the whole cache (T * B: tiles are cache_rows * TILE apart), and
+    # grad_out's step stride (row b of step t at t * grad_out_step + b * out_ld).
+    Py_ssize_t parts, cache_rows, grad_out_step
 
 
 cdef void _backprop_rows(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
@@ -1439,7 +1567,11 @@ cdef int _bptt_team(BackJob *job, int n_threads) noexcept nogil:
     cdef Py_ssize_t H = job.hidden_size
     job.unit_groups = (H + GRAD_BLOCK - 1) // GRAD_BLOCK
     job.split, job.team = BPTT_ONE, 1
-    if (n_threads > 1 and job.batch // MIN_ROWS_PER_THREAD > 1
+    if job.parts > 1:
+        # The forward's parts: one thread each, or one for all.
+        if n_threads >= job.parts:
+            job.split, job.team = BPTT_ROWS, <int>job.parts
+    elif (n_threads > 1 and job.batch // MIN_ROWS_PER_THREAD > 1
             and not (H >= 2 * GRAD_BLOCK
                      and _large_weights(H, job.total_cols, job.batch, n_threads))):
         job.split = BPTT_ROWS
@@ -1457,8 +1589,11 @@ cdef void _bptt_thread(const BackJob *job, int tid) noexcept nogil:
     """Thread tid's share of the BPTT (of a team of job.team, see _bptt_team)."""
     cdef int team = job.team
     if job.split == BPTT_ROWS:
-        _backprop_rows(job, block_start(job.batch, team, tid),
-                       block_start(job.batch, team, tid + 1), 0, job.unit_groups, 0, tid)
+        if job.parts > 1:
+            _backprop_part(job, tid)
+        else:
+            _backprop_rows(job, block_start(job.batch, team, tid),
+                           block_start(job.batch, team, tid + 1), 0, job.unit_groups, 0, tid)
         # The threads of a batch split meet only here (see fr_barrier_finish).
         fr_barrier_finish(<fr_barrier *>&job.barrier, team, tid)
     elif job.split == BPTT_UNITS:
@@ -1470,7 +1605,41 @@ cdef void _bptt_thread(const BackJob *job, int tid) noexcept nogil:
 
 cdef void _bptt_alone(const BackJob *job) noexcept nogil:
     """The whole BPTT on the calling thread."""
-    _backprop_rows(job, 0, job.batch, 0, job.unit_groups, 0, 0)
+    cdef Py_ssize_t part
+    if job.parts > 1:
+        for part in range(job.parts):
+            _backprop_part(job, part)
+    else:
+        _backprop_rows(job, 0, job.batch, 0, job.unit_groups, 0, 0)
+
+
+cdef void _backprop_part(const BackJob *job, Py_ssize_t part) noexcept nogil:
+    """The BPTT of sub-batch `part` (see _run_part) as a job of its own."""
+    cdef BackJob rows = job[0]
+    cdef Py_ssize_t T = job.seq_len, H = job.hidden_size, B = job.batch
+    cdef Py_ssize_t r0 = block_start(B, job.parts, part), r1 = block_start(B, job.parts, part + 1)
+    if r1 <= r0:
+        return
+    rows.batch = r1 - r0
+    rows.parts = 1
+    rows.gates = job.gates + r0 * T * TILE
+    rows.grad_h_side = job.grad_h_side + r0 * T * TILE
+    if job.hn_cache != NULL:
+        rows.hn_cache = job.hn_cache + r0 * T * job.U
+    rows.h = job.h + r0 * (T + 1) * H
+    if job.c != NULL:
+        rows.c = job.c + r0 * (T + 1) * H
+    rows.grad_out = job.grad_out + r0 * job.out_ld
+    rows.dh = job.dh + r0 * H
+    rows.dh_other = job.dh_other + r0 * H
+    if job.dc != NULL:
+        rows.dc = job.dc + r0 * H
+    if job.lengths != NULL:
+        rows.lengths = job.lengths + r0
+    if job.recurrent_mask != NULL:
+        rows.recurrent_mask = job.recurrent_mask + r0 * H
+        rows.dh_rec = job.dh_rec + r0 * H
+    _backprop_rows(&rows, 0, rows.batch, 0, job.unit_groups, 0, 0)
 
 
 cdef void _bptt(BackJob *job, int n_threads) noexcept nogil:
@@ -1516,7 +1685,7 @@ cdef void _bptt_pair_thread(BackJob *first, BackJob *second, int team_first,
 cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
                           Py_ssize_t j1, int split, int tid) noexcept nogil:
     cdef Py_ssize_t T = job.seq_len, B = job.batch, H = job.hidden_size, U = job.U
-    cdef Py_ssize_t bc = job.block_cols, TB = T * B, gbs = T * B * job.block_cols
+    cdef Py_ssize_t bc = job.block_cols, TB = job.cache_rows, gbs = job.cache_rows * bc
     # Tile-major cache: row `row` of unit block blk at blk * gbs + row * TILE; the
     # gates of a unit gs apart (U within one tile, T*B*TILE when a gate is a tile).
     cdef Py_ssize_t gs = U if bc == TILE else TB * TILE
@@ -1542,7 +1711,7 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
         i_new = t if job.reverse else t + 1
         for b in range(r0, r1):
             row = t * B + b
-            go = job.grad_out + row * job.out_ld + job.out_col
+            go = job.grad_out + t * job.grad_out_step + b * job.out_ld + job.out_col
             blk = k0
             if job.cell == LSTM and (job.lengths == NULL or t < job.lengths[b]):
                 # Whole blocks in one call (see lstm_forward_blocks); the loop below
@@ -1619,21 +1788,22 @@ cdef void _backprop_steps(const BackJob *job, Py_ssize_t r0, Py_ssize_t r1, Py_s
             memcpy(job.dh + b * H + u_lo, dh + b * H + u_lo, (u_hi - u_lo) * sizeof(float))
 
 
-def _packed_order(cell, hidden_size, units):
-    """For each row g*H + u of a PyTorch weight, its column in the packed gate
-    order (b*G*U + g*U + j for unit u = b*U + j)."""
+@functools.lru_cache(maxsize=32)
+def _column_order(int cell, Py_ssize_t hidden_size, Py_ssize_t units, Py_ssize_t total_cols):
+    """(order, source_rows), read-only int64 arrays, kept for the next call of
+    the same shape (they cost 5 us a backward, a tenth of a tiny layer's step).
+    order: for each row g*H + u of a PyTorch weight, its column in the packed
+    gate order (b*G*U + g*U + j for unit u = b*U + j). source_rows, its inverse:
+    for each packed gate column, its PyTorch weight row (-1 for padding)."""
     G = gate_count(cell)
     gate, unit = np.divmod(np.arange(G * hidden_size), hidden_size)
     block, j = np.divmod(unit, units)
-    return block * G * units + gate * units + j
-
-
-def _source_rows(order, total_cols):
-    """The inverse of _packed_order: for each packed gate column, its PyTorch
-    weight row (-1 for padding)."""
-    rows = np.full(total_cols, -1, np.int64)
-    rows[order] = np.arange(order.shape[0])
-    return rows
+    order = block * G * units + gate * units + j
+    source_rows = np.full(total_cols, -1, np.int64)
+    source_rows[order] = np.arange(order.shape[0])
+    order.flags.writeable = False
+    source_rows.flags.writeable = False
+    return order, source_rows
 
 
 cdef void _pack_rows_by_column_blocks(const float *weight, Py_ssize_t K,
@@ -1686,12 +1856,12 @@ cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssiz
         fr_transpose(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0, ld_dst)
 
 
-cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
+cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src, int n_src,
                               const int64_t *dst_rows, float *dst,
                               int n_threads) noexcept nogil:
-    """dst[dst_rows[c], :] += src[:, c] for the columns c of src (K, cols) with
-    dst_rows[c] >= 0 (fr_transpose_add_rows), the columns split across threads
-    in pieces of 8."""
+    """dst[dst_rows[c], :] += src[:, :, c].sum(0) for the columns c of src
+    (n_src, K, cols) with dst_rows[c] >= 0 (fr_transpose_add_rows), the columns
+    split across threads in pieces of 8."""
     cdef Py_ssize_t pieces = (cols + 7) // 8, part, parts
     parts = max(1, min(n_threads, pieces))
     if K * cols < MIN_PARALLEL_WORK:
@@ -1699,7 +1869,98 @@ cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
     for part in prange(parts, num_threads=parts, schedule="static"):
         fr_transpose_add_rows(K, min(cols, 8 * block_start(pieces, parts, part)),
                               min(cols, 8 * block_start(pieces, parts, part + 1)),
-                              src, cols, dst_rows, dst, K)
+                              src, cols, n_src, K * cols, dst_rows, dst, K)
+
+
+cdef inline bint _part_weight_products(Py_ssize_t parts, Py_ssize_t input_size,
+                                       Py_ssize_t hidden_size,
+                                       Py_ssize_t cache_rows) noexcept nogil:
+    """Whether the weight products of a batch split into parts run a part a
+    thread, each adding up its own gate gradients into weight gradients of its
+    own (summed at the end), rather than split by columns over all the gates:
+    when the other parts' weight gradients, which a thread then reads, are
+    fewer than half the gate rows it would read from the other threads
+    (K = input_size + hidden_size rows of partial sums each, against
+    cache_rows of gates). The first keeps each part's gates in its core."""
+    return (parts - 1) * (input_size + hidden_size) * 2 <= cache_rows
+
+
+cdef struct PartProducts:
+    # The arguments of _part_products: sizes, and the arrays of _Backward.products.
+    Py_ssize_t seq_len, batch, parts, input_size, hidden_size, total_cols, tiles, x_blocks
+    Py_ssize_t partial_tiles, partial_units
+    int bias_sums
+    bint reverse, weights
+    const float *x
+    float *x_rows
+    float *x_t
+    const float *h_seq
+    float *h_t
+    const float *gates
+    const float *grad_h_side
+    const float *ones
+    const float *weight_ih_t
+    float *grad_x
+    float *d_weight_ih_t
+    float *d_weight_hh_t
+    float *d_bias
+
+
+cdef void _part_products(const PartProducts *a, Py_ssize_t part) noexcept nogil:
+    """The products of sub-batch `part` (see _run_part) on its thread: its
+    columns of x.T and h_before.T (in the order of its gate rows, which are the
+    rows r0 * T.. of every tile), its rows of grad_x and, with a.weights, its
+    partial sums of the weight and bias gradients."""
+    cdef Py_ssize_t T = a.seq_len, B = a.batch, I = a.input_size, H = a.hidden_size
+    cdef Py_ssize_t tc = a.total_cols, TB = T * B, t, j
+    cdef float *dx_rows
+    cdef float *dx
+    cdef Py_ssize_t r0 = block_start(B, a.parts, part), r1 = block_start(B, a.parts, part + 1)
+    cdef Py_ssize_t n = r1 - r0, K = T * n, first = r0 * T
+    cdef const float *gates = a.gates + first * TILE
+    cdef const float *grad_h_side = a.grad_h_side + first * TILE
+    if n <= 0:
+        return
+    # x.T[:, first:first + K] = x[:, r0:r1].reshape(K, I).T: a step at a time when the
+    # part's rows are whole 8 x 8 blocks of the transpose, else gathered first
+    if n % 8 == 0:
+        for t in range(T):
+            fr_transpose(n, I, a.x + (t * B + r0) * I, I, a.x_t + first + t * n, TB)
+    else:
+        for t in range(T):
+            memcpy(a.x_rows + (first + t * n) * I, a.x + (t * B + r0) * I,
+                   n * I * sizeof(float))
+        fr_transpose(K, I, a.x_rows + first * I, I, a.x_t + first, TB)
+    # h_before.T[:, first:first + K]: the part's states before each step
+    fr_transpose(K, H, a.h_seq + r0 * (T + 1) * H + (n * H if a.reverse else 0), H,
+                 a.h_t + first, TB)
+    # dx_rows = dgates[part] @ weight_ih (gate rows in packed order), in x_rows (free
+    # again), all K rows in one product; then grad_x[t, r0:r1] += dx_rows[t]
+    dx_rows = a.x_rows + first * I
+    _gemm(K, tc, gates, TILE, TILE, TB * TILE, a.weight_ih_t, GRAD_BLOCK, a.x_blocks,
+          dx_rows, I, GRAD_BLOCK, I, 0)
+    for t in range(T):
+        dx = a.grad_x + (t * B + r0) * I
+        for j in range(n * I):
+            dx[j] += dx_rows[t * n * I + j]
+    if not a.weights:
+        return
+    # d_weight_ih.T[part] = x.T[:, part] @ dgates[part] (the gate tiles TB rows apart)
+    _gemm(I, K, a.x_t + first, TB, 0, 0, gates, TILE, a.tiles, a.d_weight_ih_t + part * I * tc,
+          tc, TILE, tc, 0, 0, a.partial_tiles, a.partial_units, 1, 0, 0, TB * TILE)
+    # d_weight_hh.T[part] = h_before.T[:, part] @ dgates_h[part]
+    _gemm(H, K, a.h_t + first, TB, 0, 0, grad_h_side, TILE, a.tiles,
+          a.d_weight_hh_t + part * H * tc, tc, TILE, tc, 0, 0, a.partial_tiles,
+          a.partial_units, 1, 0, 0, TB * TILE)
+    if a.bias_sums > 0:
+        # d_bias[part, 0] = dgates[part].sum(0)
+        _gemm(1, K, a.ones, TB, 0, 0, gates, TILE, a.tiles, a.d_bias + part * 2 * tc, tc, TILE,
+              tc, 0, 0, a.partial_tiles, a.partial_units, 1, 0, 0, TB * TILE)
+    if a.bias_sums > 1:
+        # d_bias[part, 1] = dgates_h[part].sum(0)
+        _gemm(1, K, a.ones, TB, 0, 0, grad_h_side, TILE, a.tiles,
+              a.d_bias + part * 2 * tc + tc, tc, TILE, tc, 0, 0, a.partial_tiles,
+              a.partial_units, 1, 0, 0, TB * TILE)
 
 
 cdef class _Backward:
@@ -1741,8 +2002,7 @@ cdef class _Backward:
         gates = cache["gates"]
         grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
         # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
-        order = _packed_order(cell, H, U)
-        source_rows = _source_rows(order, tc)
+        order, source_rows = _column_order(cell, H, U, tc)
         weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t",
                                        n_threads)
         weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t",
@@ -1754,6 +2014,9 @@ cdef class _Backward:
         job.seq_len, job.batch, job.hidden_size = T, B, H
         job.U, job.block_cols, job.n_blocks, job.total_cols = U, bc, n_blocks, tc
         job.out_ld, job.out_col = grad_out.shape[2], out_col
+        if not 1 <= cache.get("parts", 0) <= B:
+            raise ValueError("cache comes from a forward of another shape")
+        job.parts, job.cache_rows, job.grad_out_step = cache["parts"], T * B, B * job.out_ld
         job.gates = _ptr(gates)
         job.grad_h_side = _ptr(grad_h_side)
         job.hn_cache = _ptr(cache["hn"]) if cell == GRU else NULL
@@ -1798,26 +2061,36 @@ cdef class _Backward:
         cdef Py_ssize_t partial_units = H - (n_blocks - 1) * self.job.U
         cdef Py_ssize_t partial_tiles = _partial_tiles(self.job.cell, self.job.U,
                                                        partial_units, bc)
+        cdef Py_ssize_t batch_parts = self.job.parts
         cdef unsigned int fp_state
         cdef int cell = self.job.cell, n_threads = self.n_threads
         cdef bint reverse = self.job.reverse
+        cdef PartProducts args
         cache, x, gates, grad_h_side = self.cache, self.x, self.gates, self.grad_h_side
         h_seq, workspace, dh, dc = self.h_seq, self.workspace, self.dh, self.dc
         grad_x, weight_ih_t, order = self.grad_x, self.weight_ih_t, self.order
         source_rows, grad_weight_ih, grad_weight_hh = (
             self.source_rows, self.grad_weight_ih, self.grad_weight_hh)
         grad_bias_ih, grad_bias_hh = self.grad_bias_ih, self.grad_bias_hh
+        # With the batch in parts (see _run_part), each thread multiplies its
+        # part's gate gradients itself when the weight gradients it adds up are
+        # smaller than the gates the other threads would read (see
+        # _part_weight_products); else the weight products split by columns.
+        cdef bint part_weights = batch_parts > 1 and _part_weight_products(
+            batch_parts, I, H, TB)
+        cdef Py_ssize_t sums = batch_parts if part_weights else 1
         # The products over all steps. Operands that must be row-major with the
-        # steps as the inner dimension are transposed copies (x.T, h_before.T).
+        # steps as the inner dimension are transposed copies (x.T, h_before.T),
+        # their columns in the order of the gate rows.
         x_t = _buffer(workspace, "x_t", (I, TB))
         h_t = _buffer(workspace, "h_t", (H, TB))
-        d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
-        d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
+        d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (sums, I, tc))
+        d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (sums, H, tc))
         # Bias gradients: the column sums of the gate gradients, once for the input
         # side and, for the GRU only, once more for the recurrent side (elsewhere the
         # two sides are the same array, and grad_bias_hh gets the same sums).
         cdef int bias_sums = 0 if grad_bias_ih is None else (2 if cell == GRU else 1)
-        d_bias = _buffer(workspace, "d_bias", (2, tc))
+        d_bias = _buffer(workspace, "d_bias", (sums, 2, tc))
         ones = _buffer(workspace, "ones", (1, TB))
         ones.fill(1)
         cdef float *p_gates = _ptr(gates)
@@ -1831,60 +2104,87 @@ cdef class _Backward:
         cdef float *p_dx = _ptr(grad_x)
         cdef const float *p_wit = _ptr(weight_ih_t)
         x_blocks = (I + GRAD_BLOCK - 1) // GRAD_BLOCK
-        parts = max(1, min(n_threads, n_blocks))
-        # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed.
-        # Under recurrent dropout the product read h * mask: its weight gradient too.
+        # The state before each step, (T*B, H): h_seq[:T] forward, h_seq[1:] reversed
+        # (of each part). Under recurrent dropout the product read h * mask: its
+        # weight gradient too.
         rec_seq = h_seq if cache["hm_seq"] is None else cache["hm_seq"]
-        cdef const float *p_h_before = _ptr(rec_seq) + (B * H if reverse else 0)
         cdef const float *p_x = _ptr(x)
-        with nogil:
-            # x.T and h_before.T: row-major with the steps as the inner dimension.
-            _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
-            _transpose(TB, H, p_h_before, H, p_ht, TB, n_threads)
-            for part in prange(parts, num_threads=parts, schedule="static"):
-                fp_state = fr_ftz_enter()
-                k0 = block_start(n_blocks, parts, part)
-                k1 = block_start(n_blocks, parts, part + 1)
-                # The padding columns of a GRU's or RNN's last block are left out
-                # (see Job.partial_tiles): nothing reads them.
-                pt = partial_tiles if k1 == n_blocks else 0
-                # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
-                _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                      p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
-                # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
-                _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                      p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
-                if bias_sums > 0:
-                    # d_bias[0, own] = dgates.sum(0)
-                    _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                          p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
-                if bias_sums > 1:
-                    # d_bias[1, own] = dgates_h.sum(0)
-                    _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                          p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt,
-                          partial_units)
-                fr_ftz_leave(fp_state)
+        cdef const float *p_rec = _ptr(rec_seq)
+        if batch_parts > 1:
+            x_rows = _buffer(workspace, "x_rows", (TB, I))
+            args.seq_len, args.batch, args.parts = T, B, batch_parts
+            args.input_size, args.hidden_size, args.total_cols = I, H, tc
+            args.tiles, args.x_blocks = n_blocks * nt, x_blocks
+            args.partial_tiles, args.partial_units = partial_tiles, partial_units
+            args.bias_sums, args.reverse, args.weights = bias_sums, reverse, part_weights
+            args.x, args.x_rows, args.x_t = p_x, _ptr(x_rows), p_xt
+            args.h_seq, args.h_t = p_rec, p_ht
+            args.gates, args.grad_h_side, args.ones = p_gates, p_gh, p_ones
+            args.weight_ih_t, args.grad_x = p_wit, p_dx
+            args.d_weight_ih_t, args.d_weight_hh_t, args.d_bias = p_dwi, p_dwh, p_db
+            with nogil:
+                for part in prange(batch_parts, num_threads=batch_parts
+                                   if n_threads >= batch_parts else 1, schedule="static"):
+                    fp_state = fr_ftz_enter()
+                    _part_products(&args, part)
+                    fr_ftz_leave(fp_state)
+        else:
+            with nogil:
+                # x.T and h_before.T: row-major with the steps as the inner dimension.
+                _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
+                _transpose(TB, H, p_rec + (B * H if reverse else 0), H, p_ht, TB, n_threads)
+        parts = max(1, min(n_threads, n_blocks))
+        if not part_weights:
+            with nogil:
+                for part in prange(parts, num_threads=parts, schedule="static"):
+                    fp_state = fr_ftz_enter()
+                    k0 = block_start(n_blocks, parts, part)
+                    k1 = block_start(n_blocks, parts, part + 1)
+                    # The padding columns of a GRU's or RNN's last block are left out
+                    # (see Job.partial_tiles): nothing reads them.
+                    pt = partial_tiles if k1 == n_blocks else 0
+                    # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
+                    _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
+                    # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
+                    _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
+                    if bias_sums > 0:
+                        # d_bias[0, own] = dgates.sum(0)
+                        _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE,
+                              (k1 - k0) * nt, p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0,
+                              pt, partial_units)
+                    if bias_sums > 1:
+                        # d_bias[1, own] = dgates_h.sum(0)
+                        _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE,
+                              (k1 - k0) * nt, p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc,
+                              0, 0, pt, partial_units)
+                    fr_ftz_leave(fp_state)
+        if batch_parts == 1:
             parts = max(1, min(n_threads, TB // 16))
-            for part in prange(parts, num_threads=parts, schedule="static"):
-                fp_state = fr_ftz_enter()
-                r0 = block_start(TB, parts, part)
-                r1 = block_start(TB, parts, part + 1)
-                # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
-                _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit, GRAD_BLOCK,
-                      x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
-                fr_ftz_leave(fp_state)
+            with nogil:
+                for part in prange(parts, num_threads=parts, schedule="static"):
+                    fp_state = fr_ftz_enter()
+                    r0 = block_start(TB, parts, part)
+                    r1 = block_start(TB, parts, part + 1)
+                    # grad_x[r0:r1] += dgates[r0:r1] @ weight_ih (gate rows in packed order)
+                    _gemm(r1 - r0, tc, p_gates + r0 * TILE, TILE, TILE, TB * TILE, p_wit,
+                          GRAD_BLOCK, x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
+                    fr_ftz_leave(fp_state)
 
-        # Back to PyTorch's layout, added to the gradients:
+        # Back to PyTorch's layout, added to the gradients (the parts' sums added up):
         # grad_weight[source_rows[c]] += d_weight.T[:, c] for every packed column c.
         cdef const int64_t *p_rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
         cdef float *p_gwi = _ptr(grad_weight_ih)
         cdef float *p_gwh = _ptr(grad_weight_hh)
+        cdef int n_sums = <int>sums
         with nogil:
-            _transpose_add_rows(I, tc, p_dwi, p_rows, p_gwi, n_threads)
-            _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
+            _transpose_add_rows(I, tc, p_dwi, n_sums, p_rows, p_gwi, n_threads)
+            _transpose_add_rows(H, tc, p_dwh, n_sums, p_rows, p_gwh, n_threads)
         if grad_bias_ih is not None:
-            grad_bias_ih += d_bias[0, order]
-            grad_bias_hh += d_bias[bias_sums - 1, order]
+            bias_rows = d_bias[:, :bias_sums][:, :, order].sum(0)
+            grad_bias_ih += bias_rows[0]
+            grad_bias_hh += bias_rows[bias_sums - 1]
         return dh, dc
 
 

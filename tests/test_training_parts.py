@@ -1,0 +1,97 @@
+"""A training batch split into parts (one a thread, each laid out on its own in
+the cache, see _packed._run_part): the layout is chosen by the forward, and a
+backward (or a forward) on fewer threads than parts still computes every part."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _packed
+from fastrnn._kernel_args import CELL_GRU, CELL_LSTM, CELL_RNN_TANH
+
+CELLS = {"lstm": CELL_LSTM, "gru": CELL_GRU, "rnn": CELL_RNN_TANH}
+
+
+def _problem(cell, T, B, I, H, seed=0):
+    G = {CELL_LSTM: 4, CELL_GRU: 3}.get(cell, 1)
+    rng = np.random.default_rng(seed)
+    f32 = lambda *shape: rng.uniform(-0.5, 0.5, shape).astype(np.float32)  # noqa: E731
+    return (f32(T, B, I), f32(G * H, I), f32(G * H, H), f32(G * H), f32(G * H), f32(B, H),
+            f32(B, H) if cell == CELL_LSTM else None)
+
+
+def _train(cell, problem, forward_threads, backward_threads):
+    x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0 = problem
+    T, B, _ = x.shape
+    H = weight_hh.shape[1]
+    out = np.zeros((T, B, H), np.float32)
+    h_n, c_n, cache = _packed.forward(cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0,
+                                      None, False, True, out, 0, forward_threads)
+    parts = cache["parts"]
+    grad_out = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+    grads = [np.zeros_like(a) for a in (x, weight_ih, weight_hh, bias_ih, bias_hh)]
+    dh0, dc0 = _packed.backward(cell, cache, x, weight_ih, weight_hh, None, False, grad_out, 0,
+                                None, None, *grads, backward_threads)
+    results = [out, h_n, dh0, *grads] + ([c_n, dc0] if c_n is not None else [])
+    return parts, results
+
+
+# (20, 9, 6, 24): each part multiplies its own weight gradients (partial sums);
+# (3, 8, 40, 50): the weight products split by columns over both parts' gates.
+@pytest.mark.parametrize("shape", [(20, 9, 6, 24), (3, 8, 40, 50)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("cell_name", CELLS)
+def test_parts_match_one_thread_whatever_the_backward_threads(cell_name, shape):
+    cell = CELLS[cell_name]
+    problem = _problem(cell, *shape)
+    parts_one, want = _train(cell, problem, 1, 1)
+    assert parts_one == 1
+    for backward_threads in (1, 2, 3):
+        parts, got = _train(cell, problem, 2, backward_threads)
+        assert parts == 2
+        for actual, expected in zip(got, want):
+            # Only the order of the sums over the batch differs: float32 roundings
+            # of the largest terms of a sum.
+            np.testing.assert_allclose(actual, expected, rtol=1e-5,
+                                       atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
+def test_backward_rejects_a_cache_with_parts_out_of_range():
+    cell = CELL_GRU
+    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 4, 8, 5, 6)
+    out = np.zeros((4, 8, 6), np.float32)
+    _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 2)
+    cache["parts"] = 9
+    grads = [np.zeros_like(a) for a in (x, wi, wh, bi, bh)]
+    with pytest.raises(ValueError, match="another shape"):
+        _packed.backward(cell, cache, x, wi, wh, None, False, np.ones_like(out), 0, None, None,
+                         *grads, 2)
+
+
+def test_a_smaller_openmp_team_still_trains_every_part(tmp_path):
+    # With OMP_THREAD_LIMIT=1 the parallel regions get one thread, which runs
+    # both parts of the forward, the BPTT and the products in turn.
+    code = (
+        "import numpy as np, fastrnn\n"
+        "x = np.random.default_rng(0).standard_normal((12, 9, 5)).astype(np.float32)\n"
+        "g = np.random.default_rng(1).standard_normal((12, 9, 24)).astype(np.float32)\n"
+        "for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN):\n"
+        "    a = cls(5, 24, seed=1, n_threads=2)\n"
+        "    b = cls(5, 24, seed=1, n_threads=1)\n"
+        "    out_a, out_b = a(x)[0], b(x)[0]\n"
+        "    assert a._cache['layers'][0]['caches'][0]['parts'] == 2\n"
+        "    dx_a, dx_b = a.backward(g)[0], b.backward(g)[0]\n"
+        "    close = lambda u, v: np.allclose(u, v, rtol=1e-5, atol=1e-5 * max(1, abs(v).max()))\n"
+        "    assert close(out_a, out_b) and close(dx_a, dx_b)\n"
+        "    for name in a.grads:\n"
+        "        assert close(a.grads[name], b.grads[name]), name\n"
+        "print('ok')\n")
+    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
+    env = dict(os.environ, OMP_THREAD_LIMIT="1",
+               PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
