@@ -172,8 +172,8 @@ def check_backward_args(cell, seq_len, batch, hidden_size, dtype, x, weight_ih, 
     if (grad_bias_ih is None) != (grad_bias_hh is None):
         raise ValueError("grad_bias_ih and grad_bias_hh must both be arrays or both None")
     if grad_bias_ih is not None:
-        check_array("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
-        check_array("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
+        check_writable("grad_bias_ih", grad_bias_ih, (G * H,), dtype)
+        check_writable("grad_bias_hh", grad_bias_hh, (G * H,), dtype)
     check_n_threads(n_threads)
     lengths = check_lengths(lengths, B, T)
     dh = state_grad("grad_h_n", grad_h_n, B, H, dtype)

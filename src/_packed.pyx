@@ -52,13 +52,12 @@ cdef extern from "_packed_gemm.h" nogil:
         int accumulate, reverse_blocks
         Py_ssize_t partial_blocks, partial_cols
         Py_ssize_t groups, a_group_stride, c_group_stride
-        Py_ssize_t p_block_stride
     void fr_gemm_general(const fr_gemm_args *args)
     void fr_transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                       float *dst, Py_ssize_t ld_dst)
     void fr_transpose_add_rows(Py_ssize_t K, Py_ssize_t c0, Py_ssize_t c1, const float *src,
-                               Py_ssize_t ld_src, int n_src, Py_ssize_t src_stride,
-                               const int64_t *dst_rows, float *dst, Py_ssize_t ld_dst)
+                               Py_ssize_t ld_src, const int64_t *dst_rows, float *dst,
+                               Py_ssize_t ld_dst)
     int fr_flush_denormals
     unsigned int fr_ftz_enter()
     void fr_ftz_leave(unsigned int old)
@@ -361,8 +360,7 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
                        Py_ssize_t c_block_stride, Py_ssize_t n_cols, int accumulate,
                        int reverse_blocks=0, Py_ssize_t partial_blocks=0,
                        Py_ssize_t partial_cols=0, Py_ssize_t groups=1,
-                       Py_ssize_t a_group_stride=0, Py_ssize_t c_group_stride=0,
-                       Py_ssize_t p_block_stride=0) noexcept nogil:
+                       Py_ssize_t a_group_stride=0, Py_ssize_t c_group_stride=0) noexcept nogil:
     """fr_gemm_general with its arguments spelled out (see _packed_gemm.h)."""
     cdef fr_gemm_args g
     if rows <= 0 or n_blocks <= 0 or n_cols <= 0 or groups <= 0:
@@ -375,7 +373,6 @@ cdef inline void _gemm(Py_ssize_t rows, Py_ssize_t K, const float *A, Py_ssize_t
     g.reverse_blocks = reverse_blocks
     g.partial_blocks, g.partial_cols = partial_blocks, partial_cols
     g.groups, g.a_group_stride, g.c_group_stride = groups, a_group_stride, c_group_stride
-    g.p_block_stride = p_block_stride
     fr_gemm_general(&g)
 
 
@@ -929,6 +926,8 @@ def _state_parts(states, Py_ssize_t parts):
     """A training cache's states (T+1, B, H) in the layout of Job.parts: for
     each part, its rows r0..r1 and the (T+1, r1 - r0, H) array of them."""
     steps, B, H = states.shape
+    if parts == 1:
+        return [(0, B, states)]
     flat = states.reshape(-1)
     result = []
     for part in range(parts):
@@ -957,20 +956,24 @@ cdef void _place_parts(Job *job, tuple setup, int n_threads) except *:
             hm_part[first] = h0[r0:r1] * recurrent_mask[r0:r1]
 
 
+def _final_state(states, Py_ssize_t parts, Py_ssize_t last):
+    """Every row's state `last` (B, H) of states (steps, B, H) laid out in parts."""
+    if parts == 1:
+        return states[last].copy()
+    result = np.empty(states.shape[1:], np.float32)
+    for r0, r1, part in _state_parts(states, parts):
+        result[r0:r1] = part[last]
+    return result
+
+
 cdef tuple _finish_forward(const Job *job, tuple setup):
     """(h_n, c_n, cache) of a job that has run (see forward)."""
     (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm, recurrent_mask,
      lengths, _, last, _, _, _) = setup
+    h_n = _final_state(h, job.parts, last)
+    c_n = _final_state(c, job.parts, last) if c is not None else None
     if not training:
-        return h[last].copy(), (c[last].copy() if c is not None else None), None
-    h_n = np.empty(h.shape[1:], np.float32)
-    for r0, r1, h_part in _state_parts(h, job.parts):
-        h_n[r0:r1] = h_part[last]
-    c_n = None
-    if c is not None:
-        c_n = np.empty(c.shape[1:], np.float32)
-        for r0, r1, c_part in _state_parts(c, job.parts):
-            c_n[r0:r1] = c_part[last]
+        return h_n, c_n, None
     return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
                       "hn": hn_cache, "h_seq": h, "c_seq": c, "hm_seq": hm,
                       "recurrent_mask": recurrent_mask, "parts": job.parts,
@@ -1856,12 +1859,12 @@ cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssiz
         fr_transpose(r1 - r0, cols, src + r0 * ld_src, ld_src, dst + r0, ld_dst)
 
 
-cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src, int n_src,
+cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
                               const int64_t *dst_rows, float *dst,
                               int n_threads) noexcept nogil:
-    """dst[dst_rows[c], :] += src[:, :, c].sum(0) for the columns c of src
-    (n_src, K, cols) with dst_rows[c] >= 0 (fr_transpose_add_rows), the columns
-    split across threads in pieces of 8."""
+    """dst[dst_rows[c], :] += src[:, c] for the columns c of src (K, cols) with
+    dst_rows[c] >= 0 (fr_transpose_add_rows), the columns split across threads
+    in pieces of 8."""
     cdef Py_ssize_t pieces = (cols + 7) // 8, part, parts
     parts = max(1, min(n_threads, pieces))
     if K * cols < MIN_PARALLEL_WORK:
@@ -1869,56 +1872,46 @@ cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src, i
     for part in prange(parts, num_threads=parts, schedule="static"):
         fr_transpose_add_rows(K, min(cols, 8 * block_start(pieces, parts, part)),
                               min(cols, 8 * block_start(pieces, parts, part + 1)),
-                              src, cols, n_src, K * cols, dst_rows, dst, K)
+                              src, cols, dst_rows, dst, K)
 
 
-cdef inline bint _part_weight_products(Py_ssize_t parts, Py_ssize_t input_size,
-                                       Py_ssize_t hidden_size,
-                                       Py_ssize_t cache_rows) noexcept nogil:
-    """Whether the weight products of a batch split into parts run a part a
-    thread, each adding up its own gate gradients into weight gradients of its
-    own (summed at the end), rather than split by columns over all the gates:
-    when the other parts' weight gradients, which a thread then reads, are
-    fewer than half the gate rows it would read from the other threads
-    (K = input_size + hidden_size rows of partial sums each, against
-    cache_rows of gates). The first keeps each part's gates in its core."""
-    return (parts - 1) * (input_size + hidden_size) * 2 <= cache_rows
+cdef void _add_bias_grads(const float *d_bias, Py_ssize_t total_cols, const int64_t *order,
+                          Py_ssize_t rows, int bias_sums, float *grad_bias_ih,
+                          float *grad_bias_hh) noexcept nogil:
+    """grad_bias_ih[i] += d_bias[0, order[i]] and grad_bias_hh[i] +=
+    d_bias[bias_sums - 1, order[i]]: the column sums (2, total_cols), in packed
+    column order, added in PyTorch's (order: each PyTorch row's column)."""
+    cdef Py_ssize_t i
+    cdef const float *recurrent = d_bias + (bias_sums - 1) * total_cols
+    for i in range(rows):
+        grad_bias_ih[i] += d_bias[order[i]]
+        grad_bias_hh[i] += recurrent[order[i]]
 
 
 cdef struct PartProducts:
     # The arguments of _part_products: sizes, and the arrays of _Backward.products.
-    Py_ssize_t seq_len, batch, parts, input_size, hidden_size, total_cols, tiles, x_blocks
-    Py_ssize_t partial_tiles, partial_units
-    int bias_sums
-    bint reverse, weights
+    Py_ssize_t seq_len, batch, parts, input_size, hidden_size, total_cols, x_blocks
+    bint reverse
     const float *x
     float *x_rows
     float *x_t
     const float *h_seq
     float *h_t
     const float *gates
-    const float *grad_h_side
-    const float *ones
     const float *weight_ih_t
     float *grad_x
-    float *d_weight_ih_t
-    float *d_weight_hh_t
-    float *d_bias
 
 
 cdef void _part_products(const PartProducts *a, Py_ssize_t part) noexcept nogil:
-    """The products of sub-batch `part` (see _run_part) on its thread: its
-    columns of x.T and h_before.T (in the order of its gate rows, which are the
-    rows r0 * T.. of every tile), its rows of grad_x and, with a.weights, its
-    partial sums of the weight and bias gradients."""
+    """What sub-batch `part` (see _run_part) does on its thread before the
+    weight products: its columns of x.T and h_before.T (in the order of its gate
+    rows, which are the rows r0 * T.. of every tile), and its rows of grad_x."""
     cdef Py_ssize_t T = a.seq_len, B = a.batch, I = a.input_size, H = a.hidden_size
-    cdef Py_ssize_t tc = a.total_cols, TB = T * B, t, j
-    cdef float *dx_rows
-    cdef float *dx
+    cdef Py_ssize_t TB = T * B, t, j
     cdef Py_ssize_t r0 = block_start(B, a.parts, part), r1 = block_start(B, a.parts, part + 1)
     cdef Py_ssize_t n = r1 - r0, K = T * n, first = r0 * T
-    cdef const float *gates = a.gates + first * TILE
-    cdef const float *grad_h_side = a.grad_h_side + first * TILE
+    cdef float *dx_rows = a.x_rows + first * I
+    cdef float *dx
     if n <= 0:
         return
     # x.T[:, first:first + K] = x[:, r0:r1].reshape(K, I).T: a step at a time when the
@@ -1936,31 +1929,12 @@ cdef void _part_products(const PartProducts *a, Py_ssize_t part) noexcept nogil:
                  a.h_t + first, TB)
     # dx_rows = dgates[part] @ weight_ih (gate rows in packed order), in x_rows (free
     # again), all K rows in one product; then grad_x[t, r0:r1] += dx_rows[t]
-    dx_rows = a.x_rows + first * I
-    _gemm(K, tc, gates, TILE, TILE, TB * TILE, a.weight_ih_t, GRAD_BLOCK, a.x_blocks,
-          dx_rows, I, GRAD_BLOCK, I, 0)
+    _gemm(K, a.total_cols, a.gates + first * TILE, TILE, TILE, TB * TILE, a.weight_ih_t,
+          GRAD_BLOCK, a.x_blocks, dx_rows, I, GRAD_BLOCK, I, 0)
     for t in range(T):
         dx = a.grad_x + (t * B + r0) * I
         for j in range(n * I):
             dx[j] += dx_rows[t * n * I + j]
-    if not a.weights:
-        return
-    # d_weight_ih.T[part] = x.T[:, part] @ dgates[part] (the gate tiles TB rows apart)
-    _gemm(I, K, a.x_t + first, TB, 0, 0, gates, TILE, a.tiles, a.d_weight_ih_t + part * I * tc,
-          tc, TILE, tc, 0, 0, a.partial_tiles, a.partial_units, 1, 0, 0, TB * TILE)
-    # d_weight_hh.T[part] = h_before.T[:, part] @ dgates_h[part]
-    _gemm(H, K, a.h_t + first, TB, 0, 0, grad_h_side, TILE, a.tiles,
-          a.d_weight_hh_t + part * H * tc, tc, TILE, tc, 0, 0, a.partial_tiles,
-          a.partial_units, 1, 0, 0, TB * TILE)
-    if a.bias_sums > 0:
-        # d_bias[part, 0] = dgates[part].sum(0)
-        _gemm(1, K, a.ones, TB, 0, 0, gates, TILE, a.tiles, a.d_bias + part * 2 * tc, tc, TILE,
-              tc, 0, 0, a.partial_tiles, a.partial_units, 1, 0, 0, TB * TILE)
-    if a.bias_sums > 1:
-        # d_bias[part, 1] = dgates_h[part].sum(0)
-        _gemm(1, K, a.ones, TB, 0, 0, grad_h_side, TILE, a.tiles,
-              a.d_bias + part * 2 * tc + tc, tc, TILE, tc, 0, 0, a.partial_tiles,
-              a.partial_units, 1, 0, 0, TB * TILE)
 
 
 cdef class _Backward:
@@ -2072,25 +2046,18 @@ cdef class _Backward:
         source_rows, grad_weight_ih, grad_weight_hh = (
             self.source_rows, self.grad_weight_ih, self.grad_weight_hh)
         grad_bias_ih, grad_bias_hh = self.grad_bias_ih, self.grad_bias_hh
-        # With the batch in parts (see _run_part), each thread multiplies its
-        # part's gate gradients itself when the weight gradients it adds up are
-        # smaller than the gates the other threads would read (see
-        # _part_weight_products); else the weight products split by columns.
-        cdef bint part_weights = batch_parts > 1 and _part_weight_products(
-            batch_parts, I, H, TB)
-        cdef Py_ssize_t sums = batch_parts if part_weights else 1
         # The products over all steps. Operands that must be row-major with the
         # steps as the inner dimension are transposed copies (x.T, h_before.T),
         # their columns in the order of the gate rows.
         x_t = _buffer(workspace, "x_t", (I, TB))
         h_t = _buffer(workspace, "h_t", (H, TB))
-        d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (sums, I, tc))
-        d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (sums, H, tc))
+        d_weight_ih_t = _buffer(workspace, "d_weight_ih_t", (I, tc))
+        d_weight_hh_t = _buffer(workspace, "d_weight_hh_t", (H, tc))
         # Bias gradients: the column sums of the gate gradients, once for the input
         # side and, for the GRU only, once more for the recurrent side (elsewhere the
         # two sides are the same array, and grad_bias_hh gets the same sums).
         cdef int bias_sums = 0 if grad_bias_ih is None else (2 if cell == GRU else 1)
-        d_bias = _buffer(workspace, "d_bias", (sums, 2, tc))
+        d_bias = _buffer(workspace, "d_bias", (2, tc))
         ones = _buffer(workspace, "ones", (1, TB))
         ones.fill(1)
         cdef float *p_gates = _ptr(gates)
@@ -2111,17 +2078,15 @@ cdef class _Backward:
         cdef const float *p_x = _ptr(x)
         cdef const float *p_rec = _ptr(rec_seq)
         if batch_parts > 1:
+            # Each part's own rows first, on its thread: with the batch in parts
+            # (see _run_part), its gates stay in its core for grad_x.
             x_rows = _buffer(workspace, "x_rows", (TB, I))
             args.seq_len, args.batch, args.parts = T, B, batch_parts
             args.input_size, args.hidden_size, args.total_cols = I, H, tc
-            args.tiles, args.x_blocks = n_blocks * nt, x_blocks
-            args.partial_tiles, args.partial_units = partial_tiles, partial_units
-            args.bias_sums, args.reverse, args.weights = bias_sums, reverse, part_weights
+            args.x_blocks, args.reverse = x_blocks, reverse
             args.x, args.x_rows, args.x_t = p_x, _ptr(x_rows), p_xt
             args.h_seq, args.h_t = p_rec, p_ht
-            args.gates, args.grad_h_side, args.ones = p_gates, p_gh, p_ones
-            args.weight_ih_t, args.grad_x = p_wit, p_dx
-            args.d_weight_ih_t, args.d_weight_hh_t, args.d_bias = p_dwi, p_dwh, p_db
+            args.gates, args.weight_ih_t, args.grad_x = p_gates, p_wit, p_dx
             with nogil:
                 for part in prange(batch_parts, num_threads=batch_parts
                                    if n_threads >= batch_parts else 1, schedule="static"):
@@ -2134,32 +2099,31 @@ cdef class _Backward:
                 _transpose(TB, I, p_x, I, p_xt, TB, n_threads)
                 _transpose(TB, H, p_rec + (B * H if reverse else 0), H, p_ht, TB, n_threads)
         parts = max(1, min(n_threads, n_blocks))
-        if not part_weights:
-            with nogil:
-                for part in prange(parts, num_threads=parts, schedule="static"):
-                    fp_state = fr_ftz_enter()
-                    k0 = block_start(n_blocks, parts, part)
-                    k1 = block_start(n_blocks, parts, part + 1)
-                    # The padding columns of a GRU's or RNN's last block are left out
-                    # (see Job.partial_tiles): nothing reads them.
-                    pt = partial_tiles if k1 == n_blocks else 0
-                    # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
-                    _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                          p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
-                    # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
-                    _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
-                          p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
-                    if bias_sums > 0:
-                        # d_bias[0, own] = dgates.sum(0)
-                        _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE,
-                              (k1 - k0) * nt, p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0,
-                              pt, partial_units)
-                    if bias_sums > 1:
-                        # d_bias[1, own] = dgates_h.sum(0)
-                        _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE,
-                              (k1 - k0) * nt, p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc,
-                              0, 0, pt, partial_units)
-                    fr_ftz_leave(fp_state)
+        with nogil:
+            for part in prange(parts, num_threads=parts, schedule="static"):
+                fp_state = fr_ftz_enter()
+                k0 = block_start(n_blocks, parts, part)
+                k1 = block_start(n_blocks, parts, part + 1)
+                # The padding columns of a GRU's or RNN's last block are left out
+                # (see Job.partial_tiles): nothing reads them.
+                pt = partial_tiles if k1 == n_blocks else 0
+                # d_weight_ih.T[:, own blocks] = x.T @ dgates[own blocks]
+                _gemm(I, TB, p_xt, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_dwi + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
+                # d_weight_hh.T[:, own blocks] = h_before.T @ dgates_h[own blocks]
+                _gemm(H, TB, p_ht, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                      p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
+                if bias_sums > 0:
+                    # d_bias[0, own] = dgates.sum(0)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE,
+                          (k1 - k0) * nt, p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0,
+                          pt, partial_units)
+                if bias_sums > 1:
+                    # d_bias[1, own] = dgates_h.sum(0)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE,
+                          (k1 - k0) * nt, p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc,
+                          0, 0, pt, partial_units)
+                fr_ftz_leave(fp_state)
         if batch_parts == 1:
             parts = max(1, min(n_threads, TB // 16))
             with nogil:
@@ -2172,19 +2136,17 @@ cdef class _Backward:
                           GRAD_BLOCK, x_blocks, p_dx + r0 * I, I, GRAD_BLOCK, I, 1)
                     fr_ftz_leave(fp_state)
 
-        # Back to PyTorch's layout, added to the gradients (the parts' sums added up):
+        # Back to PyTorch's layout, added to the gradients:
         # grad_weight[source_rows[c]] += d_weight.T[:, c] for every packed column c.
         cdef const int64_t *p_rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
         cdef float *p_gwi = _ptr(grad_weight_ih)
         cdef float *p_gwh = _ptr(grad_weight_hh)
-        cdef int n_sums = <int>sums
         with nogil:
-            _transpose_add_rows(I, tc, p_dwi, n_sums, p_rows, p_gwi, n_threads)
-            _transpose_add_rows(H, tc, p_dwh, n_sums, p_rows, p_gwh, n_threads)
+            _transpose_add_rows(I, tc, p_dwi, p_rows, p_gwi, n_threads)
+            _transpose_add_rows(H, tc, p_dwh, p_rows, p_gwh, n_threads)
         if grad_bias_ih is not None:
-            bias_rows = d_bias[:, :bias_sums][:, :, order].sum(0)
-            grad_bias_ih += bias_rows[0]
-            grad_bias_hh += bias_rows[bias_sums - 1]
+            _add_bias_grads(p_db, tc, <const int64_t *>cnp.PyArray_DATA(order), order.shape[0],
+                            bias_sums, _ptr(grad_bias_ih), _ptr(grad_bias_hh))
         return dh, dc
 
 

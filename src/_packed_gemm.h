@@ -46,10 +46,7 @@
  * The last partial_blocks blocks have only their first partial_cols columns
  * computed and stored (0: none so cut): the tiles of a GRU's or an RNN's last
  * unit block, which hold hidden_size % 64 units each (64 is the unit block),
- * need not pay for their padding (at hidden_size 200 a quarter of the product).
- * P's blocks are p_block_stride floats apart, or K*block_cols (packed weights)
- * when 0: a product over some of the rows of a gate cache, whose tiles are
- * all of its rows apart (a batch split's own rows in training). */
+ * need not pay for their padding (at hidden_size 200 a quarter of the product). */
 typedef struct {
     ptrdiff_t rows, K;
     const float *A;
@@ -61,7 +58,6 @@ typedef struct {
     int accumulate, reverse_blocks;
     ptrdiff_t partial_blocks, partial_cols;
     ptrdiff_t groups, a_group_stride, c_group_stride;
-    ptrdiff_t p_block_stride;
 } fr_gemm_args;
 
 typedef void (*fr_gemm_fn)(const fr_gemm_args *args);
@@ -224,27 +220,21 @@ static void fr_transpose(ptrdiff_t rows, ptrdiff_t cols, const float *src, ptrdi
     fr_transpose_scalar(rows, cols, src, ld_src, dst, ld_dst);
 }
 
-/* dst[dst_rows[c], k] += sum over s < n_src of src[s*src_stride + k*ld_src + c]
- * for k < K and columns c in [c0, c1) whose dst_rows[c] >= 0 (padding columns
- * are skipped): a weight gradient computed as (K, packed columns), or as the
- * partial sums of n_src parts of the batch, added to the (rows, K) gradient in
- * PyTorch's row order, in one pass (a transpose into a temporary and a
- * gather-add moved the data three times). */
+/* dst[dst_rows[c], k] += src[k, c] for k < K and columns c in [c0, c1) whose
+ * dst_rows[c] >= 0 (padding columns are skipped): a weight gradient computed
+ * as (K, packed columns) added to the (rows, K) gradient in PyTorch's row
+ * order, in one pass (a transpose into a temporary and a gather-add moved the
+ * data three times). */
 static void fr_transpose_add_rows_scalar(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1,
-                                         const float *src, ptrdiff_t ld_src, int n_src,
-                                         ptrdiff_t src_stride, const int64_t *dst_rows,
-                                         float *dst, ptrdiff_t ld_dst)
+                                         const float *src, ptrdiff_t ld_src,
+                                         const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
 {
     for (ptrdiff_t c = c0; c < c1; c++) {
         if (dst_rows[c] < 0)
             continue;
         float *d = dst + dst_rows[c] * ld_dst;
-        for (ptrdiff_t k = 0; k < K; k++) {
-            float sum = src[k * ld_src + c];
-            for (int s = 1; s < n_src; s++)
-                sum += src[s * src_stride + k * ld_src + c];
-            d[k] += sum;
-        }
+        for (ptrdiff_t k = 0; k < K; k++)
+            d[k] += src[k * ld_src + c];
     }
 }
 
@@ -253,8 +243,8 @@ static void fr_transpose_add_rows_scalar(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1
  * order along k. Measured on 650 x 2624: 1.9 ms against 4.1 ms for the
  * transpose and the gather-add; 32 x 32 tiles of 8 x 8 blocks were slower. */
 static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
-    ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src, ptrdiff_t ld_src, int n_src,
-    ptrdiff_t src_stride, const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
+    ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src, ptrdiff_t ld_src,
+    const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
 {
     const ptrdiff_t K8 = K & ~(ptrdiff_t)7;
     ptrdiff_t c = c0;
@@ -263,18 +253,8 @@ static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
         for (int i = 0; i < 8; i++)
             d[i] = dst_rows[c + i] >= 0 ? dst + dst_rows[c + i] * ld_dst : NULL;
         for (ptrdiff_t k = 0; k < K8; k += 8) {
-            float block[8 * 8], more[8 * 8];
+            float block[8 * 8];
             fr_transpose8x8(src + k * ld_src + c, ld_src, block, 8);
-            for (int s = 1; s < n_src; s++) {
-                fr_transpose8x8(src + s * src_stride + k * ld_src + c, ld_src, more, 8);
-                for (int j = 0; j < 64; j += 8) {
-                    fr_v8 a, b;
-                    memcpy(&a, block + j, sizeof a);
-                    memcpy(&b, more + j, sizeof b);
-                    a += b;
-                    memcpy(block + j, &a, sizeof a);
-                }
-            }
             for (int i = 0; i < 8; i++) {
                 if (d[i] == NULL)
                     continue;
@@ -287,31 +267,24 @@ static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
         }
         for (int i = 0; i < 8; i++)
             if (d[i] != NULL)
-                for (ptrdiff_t k = K8; k < K; k++) {
-                    float sum = src[k * ld_src + c + i];
-                    for (int s = 1; s < n_src; s++)
-                        sum += src[s * src_stride + k * ld_src + c + i];
-                    d[i][k] += sum;
-                }
+                for (ptrdiff_t k = K8; k < K; k++)
+                    d[i][k] += src[k * ld_src + c + i];
     }
-    fr_transpose_add_rows_scalar(K, c, c1, src, ld_src, n_src, src_stride, dst_rows, dst,
-                                 ld_dst);
+    fr_transpose_add_rows_scalar(K, c, c1, src, ld_src, dst_rows, dst, ld_dst);
 }
 #endif
 
 static void fr_transpose_add_rows(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src,
-                                  ptrdiff_t ld_src, int n_src, ptrdiff_t src_stride,
-                                  const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
+                                  ptrdiff_t ld_src, const int64_t *dst_rows, float *dst,
+                                  ptrdiff_t ld_dst)
 {
 #ifdef FR_HAVE_TRANSPOSE8
     if (fr_isa >= FR_ISA_AVX2) {
-        fr_transpose_add_rows_avx2(K, c0, c1, src, ld_src, n_src, src_stride, dst_rows, dst,
-                                   ld_dst);
+        fr_transpose_add_rows_avx2(K, c0, c1, src, ld_src, dst_rows, dst, ld_dst);
         return;
     }
 #endif
-    fr_transpose_add_rows_scalar(K, c0, c1, src, ld_src, n_src, src_stride, dst_rows, dst,
-                                 ld_dst);
+    fr_transpose_add_rows_scalar(K, c0, c1, src, ld_src, dst_rows, dst, ld_dst);
 }
 
 /* Flush-to-zero and denormals-are-zero for the calling thread, for the length of

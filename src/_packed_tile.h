@@ -114,7 +114,6 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
     const ptrdiff_t groups = g->groups, a_group_stride = g->a_group_stride;
     const ptrdiff_t c_group_stride = g->c_group_stride;
     const float *A = g->A, *P = g->P;
-    const ptrdiff_t p_block_stride = g->p_block_stride > 0 ? g->p_block_stride : K * bc;
     float *C = g->C;
     const int accumulate = g->accumulate;
     /* A slice of the packed weights (k_chunk x tile columns) stays in L1
@@ -129,7 +128,7 @@ static FR_TARGET void FR_SFX(fr_gemm)(const fr_gemm_args *g)
     }
     for (ptrdiff_t bi = 0; bi < n_blocks; bi++) {
         const ptrdiff_t blk = g->reverse_blocks ? n_blocks - 1 - bi : bi;
-        const float *Pb = P + blk * p_block_stride;
+        const float *Pb = P + blk * K * bc;
         float *Cb = C + blk * c_block_stride;
         for (ptrdiff_t c0 = 0; c0 < bc; c0 += tile_cols) {
             ptrdiff_t valid = n_cols - (blk * bc + c0);

@@ -39,9 +39,9 @@ def _train(cell, problem, forward_threads, backward_threads):
     return parts, results
 
 
-# (20, 9, 6, 24): each part multiplies its own weight gradients (partial sums);
-# (3, 8, 40, 50): the weight products split by columns over both parts' gates.
-@pytest.mark.parametrize("shape", [(20, 9, 6, 24), (3, 8, 40, 50)],
+# Parts of 4 and 5 rows (their rows of x gathered before the transpose), and of
+# 8 rows (transposed a step at a time).
+@pytest.mark.parametrize("shape", [(20, 9, 6, 24), (3, 16, 40, 50)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("cell_name", CELLS)
 def test_parts_match_one_thread_whatever_the_backward_threads(cell_name, shape):
