@@ -286,3 +286,23 @@ def _check_flush_to_zero():
     assert np.float32(1e-38) * np.float32(0.01) != 0
     want = _run(reference, cell, (x, wi, wh, bi, bh, h0, c0), None, False, 1, out_col=0)
     _assert_close("out", out, want[0][..., :16])
+
+
+@pytest.mark.parametrize("name", ["grad_weight_hh", "grad_bias_ih", "grad_bias_hh"])
+@pytest.mark.parametrize("flaw", ["read-only", "strided"])
+def test_backward_rejects_gradients_it_cannot_write(name, flaw):
+    cell = CELLS["lstm"]
+    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 4, 3, 5, 6, bias=True)
+    out = np.empty((4, 3, 6), np.float32)
+    _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1)
+    grads = {"grad_x": np.zeros_like(x), "grad_weight_ih": np.zeros_like(wi),
+             "grad_weight_hh": np.zeros_like(wh), "grad_bias_ih": np.zeros_like(bi),
+             "grad_bias_hh": np.zeros_like(bh)}
+    if flaw == "read-only":
+        grads[name].flags.writeable = False
+    else:
+        # The right shape and dtype, every other float of a larger array.
+        grads[name] = np.repeat(grads[name], 2, axis=-1)[..., ::2]
+    with pytest.raises(ValueError, match=f"{name} must be a C-contiguous, writable array"):
+        _packed.backward(cell, cache, x, wi, wh, None, False, np.ones_like(out), 0, None, None,
+                         *grads.values(), 1)
