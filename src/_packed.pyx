@@ -35,7 +35,7 @@ cnp.import_array()
 
 from fastrnn._aligned import aligned_empty
 from fastrnn._kernel_args import (check_backward_args, check_forward_args,
-                                 check_recurrent_mask, fused_biases, gate_count)
+                                 check_recurrent_mask, gate_count)
 
 cdef extern from "_packed_gemm.h" nogil:
     int fr_select_isa(int isa)
@@ -120,6 +120,15 @@ DEF HIDDEN_SPLIT_ALWAYS_BYTES = 8388608
 # forward_bidirectional: below this size of a direction's packed W_hh (or from
 # MIN_ROWS_PER_THREAD rows), the two directions run at the same time.
 DEF TOGETHER_MAX_WEIGHT_BYTES = 1048576
+# A training batch split runs its threads' rows as parts of their own (see
+# _run_part) when a row of the products is at most this long (input_size +
+# hidden_size): there the gates, which the other core would read, are large
+# against the work on them. 2 threads, interleaved in one process, ms, shared
+# layout against parts, in this VM's slow state / otherwise: LSTM B=8 H=128
+# T=100 2.22 / 1.93, 1.54 / 1.52; RNN B=8 0.90 / 0.79, 0.47 / 0.46; at H=256
+# (rows of 512) LSTM B=32 T=50 13.8 / 14.1, 11.9-12.5 / 12.4-13.3; GRU B=32
+# 10.9 / 10.3, 9.4-11.1 / 9.5-10.9.
+DEF PARTS_MAX_ROW = 384
 # Multiply-adds below which a call runs on one thread (waking a thread and a
 # barrier per step cost more than they save).
 DEF MIN_PARALLEL_WORK = 65536
@@ -218,23 +227,26 @@ cdef class PackedWeights:
     def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh, int n_threads=1,
                  workspace=None):
         G = gate_count(cell)
-        H = weight_hh.shape[1]
+        H = weight_hh.shape[1] if getattr(weight_hh, "ndim", 0) == 2 else -1
+        I = weight_ih.shape[1] if getattr(weight_ih, "ndim", 0) == 2 else -1
+        if (H < 1 or I < 1 or weight_hh.shape[0] != G * H or weight_ih.shape[0] != G * H
+                or (bias_ih is None) != (bias_hh is None)
+                or (bias_ih is not None
+                    and (np.shape(bias_ih) != (G * H,) or np.shape(bias_hh) != (G * H,)))):
+            raise ValueError(f"weights must be weight_ih ({G} * hidden_size, input_size), "
+                             f"weight_hh ({G} * hidden_size, hidden_size) and two biases "
+                             f"({G} * hidden_size,) or None")
         U = units_per_block(cell)
         self.cell = cell
-        self.input_size = weight_ih.shape[1]
+        self.input_size = I
         self.hidden_size = H
         self.units = U
         self.n_blocks = -(-H // U)
         self.block_cols = G * U
         self.weight_ih = self._pack(weight_ih, G, H, U, n_threads, workspace, "packed_ih")
         self.weight_hh = self._pack(weight_hh, G, H, U, n_threads, workspace, "packed_hh")
-        bias, bias_hn = fused_biases(cell, bias_ih, bias_hh, H, np.float32)
-        self.bias = self._pack(bias[:, None], G, H, U, 1, None, None).reshape(-1)
-        self.bias_hn = None
-        if bias_hn is not None:
-            self.bias_hn = aligned_empty((self.n_blocks * U,))
-            self.bias_hn[:H] = bias_hn
-            self.bias_hn[H:] = 0
+        self.bias, self.bias_hn = _packed_biases(cell, bias_ih, bias_hh, H, U,
+                                                 self.n_blocks * self.block_cols, workspace)
 
     def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U, int n_threads, workspace,
               name):
@@ -253,6 +265,34 @@ cdef class PackedWeights:
             for b in prange(n_blocks, num_threads=threads, schedule="static"):
                 _pack_block(w, K, G, H, U, b, p)
         return packed
+
+
+cdef tuple _packed_biases(int cell, bias_ih, bias_hh, Py_ssize_t H, Py_ssize_t U,
+                          Py_ssize_t total_cols, workspace):
+    """(bias, bias_hn): the biases as the fused elementwise pass adds them
+    (see _kernel_args.fused_biases), in packed column order: b_ih + b_hh (for
+    GRU's n gate b_ih alone, and its b_hn in bias_hn, by unit), zeros for
+    padding and without biases. A loop over the cached column order: the NumPy
+    way cost 2-3 us of a training forward's call."""
+    cdef Py_ssize_t i, rows = gate_count(cell) * H, fused = 2 * H if cell == GRU else rows
+    bias = _buffer(workspace, "packed_bias", (total_cols,), zero=True)
+    bias_hn = None
+    if cell == GRU:
+        bias_hn = _buffer(workspace, "packed_bias_hn", (total_cols // 3,), zero=True)
+    if bias_ih is None:
+        return bias, bias_hn
+    bias_ih = np.ascontiguousarray(bias_ih, dtype=np.float32)
+    bias_hh = np.ascontiguousarray(bias_hh, dtype=np.float32)
+    order, _ = _column_order(cell, H, U, total_cols)
+    cdef const int64_t *column = <const int64_t *>cnp.PyArray_DATA(order)
+    cdef const float *b_ih = _ptr(bias_ih)
+    cdef const float *b_hh = _ptr(bias_hh)
+    cdef float *packed = _ptr(bias)
+    for i in range(rows):
+        packed[column[i]] = b_ih[i] + b_hh[i] if i < fused else b_ih[i]
+    if bias_hn is not None:
+        memcpy(_ptr(bias_hn), b_hh + 2 * H, H * sizeof(float))
+    return bias, bias_hn
 
 
 cdef void _pack_block(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py_ssize_t U,
@@ -945,7 +985,9 @@ cdef void _place_parts(Job *job, tuple setup, int n_threads) except *:
     if not training:
         return
     cdef int threads = _team_size(job, n_threads, &split_hidden)
-    job.parts = threads if threads > 1 and not split_hidden else 1
+    job.parts = 1
+    if threads > 1 and not split_hidden and job.input_size + job.hidden_size <= PARTS_MAX_ROW:
+        job.parts = threads
     for r0, r1, h_part in _state_parts(h, job.parts):
         h_part[first] = h0[r0:r1]
     if c is not None:
