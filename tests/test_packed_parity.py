@@ -141,6 +141,12 @@ def test_packed_rejects_bad_use():
         _run(_packed, cell, problem, None, False, 1, packed=other)
     with pytest.raises(ValueError, match="isa"):
         _packed.set_isa("sse9")
+    # Shapes that would make the packing read past the weights or biases.
+    _, wi, wh, bi, bh, _, _ = problem
+    for args in ((wi[:-1], wh, bi, bh), (wi, wh[:-1], bi, bh), (wi, wh, bi[:-1], bh),
+                 (wi, wh, bi, None), (wi[0], wh, bi, bh)):
+        with pytest.raises(ValueError, match="weights must be"):
+            _packed.pack_weights(cell, *args)
 
 
 def _train(module, cell, problem, lengths, reverse, n_threads, seed=2):
