@@ -195,6 +195,7 @@ def set_isa(name=None):
 
 # Columns of a tile of the packed GEMM (P[tile][k][TILE], see _packed_gemm.h).
 DEF TILE = 64
+DEF GRAD_BLOCK = 64   # columns per block of the weights packed for the backward
 # Where buffers start (fastrnn._aligned): the threads of a batch split keep
 # theirs in pages of their own (see _run_rows).
 DEF CACHE_LINE_BYTES = 64
@@ -223,9 +224,12 @@ cdef class PackedWeights:
     cdef readonly int cell
     cdef readonly Py_ssize_t input_size, hidden_size, units, n_blocks, block_cols
     cdef readonly object weight_ih, weight_hh, bias, bias_hn
+    # With for_backward (training): the weights also in the layout of the
+    # backward's products (see _pack_block), else None.
+    cdef readonly object weight_ih_t, weight_hh_t
 
     def __init__(self, int cell, weight_ih, weight_hh, bias_ih, bias_hh, int n_threads=1,
-                 workspace=None):
+                 workspace=None, bint for_backward=False):
         G = gate_count(cell)
         H = weight_hh.shape[1] if getattr(weight_hh, "ndim", 0) == 2 else -1
         I = weight_ih.shape[1] if getattr(weight_ih, "ndim", 0) == 2 else -1
@@ -243,28 +247,40 @@ cdef class PackedWeights:
         self.units = U
         self.n_blocks = -(-H // U)
         self.block_cols = G * U
-        self.weight_ih = self._pack(weight_ih, G, H, U, n_threads, workspace, "packed_ih")
-        self.weight_hh = self._pack(weight_hh, G, H, U, n_threads, workspace, "packed_hh")
+        self.weight_ih, self.weight_ih_t = self._pack(weight_ih, G, H, U, n_threads, workspace,
+                                                      "packed_ih", for_backward)
+        self.weight_hh, self.weight_hh_t = self._pack(weight_hh, G, H, U, n_threads, workspace,
+                                                      "packed_hh", for_backward)
         self.bias, self.bias_hn = _packed_biases(cell, bias_ih, bias_hh, H, U,
                                                  self.n_blocks * self.block_cols, workspace)
 
     def _pack(self, weight, int G, Py_ssize_t H, Py_ssize_t U, int n_threads, workspace,
-              name):
+              name, bint for_backward):
         """(G*H, K) -> (n_blocks * G*U/TILE, K, TILE): the columns c = g*U + j of
         unit block b (W's row g*H + b*U + j) cut into tiles of TILE columns,
-        each stored k-major, so a tile's weights are contiguous."""
+        each stored k-major, so a tile's weights are contiguous. With
+        for_backward also, in the same pass over W (a second one cost 2% of a
+        2-layer H=650 training step), the rows in packed column order cut into
+        blocks of GRAD_BLOCK columns (see _pack_block); returns both (or the
+        first and None)."""
         weight = np.ascontiguousarray(weight, dtype=np.float32)
         cdef Py_ssize_t K = weight.shape[1], b, n_blocks = self.n_blocks
-        packed = _buffer(workspace, name, (n_blocks * G * U // TILE, K, TILE))
+        cdef Py_ssize_t total_cols = n_blocks * G * U
+        packed = _buffer(workspace, name, (total_cols // TILE, K, TILE))
+        transposed = None
+        if for_backward:
+            transposed = _buffer(workspace, name + "_t",
+                                 ((K + GRAD_BLOCK - 1) // GRAD_BLOCK, total_cols, GRAD_BLOCK))
         cdef const float *w = <const float *>cnp.PyArray_DATA(weight)
         cdef float *p = <float *>cnp.PyArray_DATA(packed)
+        cdef float *p_t = _ptr(transposed) if transposed is not None else NULL
         cdef int threads = max(1, min(n_threads, n_blocks))
         if n_blocks * G * U * K < MIN_PARALLEL_WORK:
             threads = 1
         with nogil:
             for b in prange(n_blocks, num_threads=threads, schedule="static"):
-                _pack_block(w, K, G, H, U, b, p)
-        return packed
+                _pack_block(w, K, G, H, U, b, p, p_t, total_cols)
+        return packed, transposed
 
 
 cdef tuple _packed_biases(int cell, bias_ih, bias_hh, Py_ssize_t H, Py_ssize_t U,
@@ -296,11 +312,18 @@ cdef tuple _packed_biases(int cell, bias_ih, bias_hh, Py_ssize_t H, Py_ssize_t U
 
 
 cdef void _pack_block(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py_ssize_t U,
-                      Py_ssize_t b, float *packed) noexcept nogil:
+                      Py_ssize_t b, float *packed, float *transposed,
+                      Py_ssize_t total_cols) noexcept nogil:
     """Block b of PackedWeights._pack: the block's U rows of each gate are
     transposed into their TILE-wide tile at column (g*U) % TILE; units past H
-    are zeros."""
-    cdef Py_ssize_t g, k, rows = min(U, H - b * U), tiles_per_block = G * U // TILE
+    are zeros. With `transposed` (not NULL), the same rows also go, while in
+    cache, to the backward's layout (ceil(K / GRAD_BLOCK), total_cols,
+    GRAD_BLOCK): transposed[kb, c, j] = W[row of packed column c, kb *
+    GRAD_BLOCK + j], zero past K and for padding units (dh = dgates @ W_hh
+    reads it with the gate columns as the inner dimension)."""
+    cdef Py_ssize_t g, j, k, kb, n, column, rows = min(U, H - b * U)
+    cdef Py_ssize_t tiles_per_block = G * U // TILE, k_blocks = (K + GRAD_BLOCK - 1) // GRAD_BLOCK
+    cdef const float *row
     cdef float *dst
     for g in range(G):
         dst = packed + (b * tiles_per_block + g * U // TILE) * K * TILE + g * U % TILE
@@ -308,6 +331,18 @@ cdef void _pack_block(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py
         if rows < U:
             for k in range(K):
                 memset(dst + k * TILE + rows, 0, (U - rows) * sizeof(float))
+        if transposed == NULL:
+            continue
+        for j in range(U):
+            column = b * G * U + g * U + j
+            row = weight + (g * H + b * U + j) * K
+            for kb in range(k_blocks):
+                dst = transposed + (kb * total_cols + column) * GRAD_BLOCK
+                n = min(GRAD_BLOCK, K - kb * GRAD_BLOCK) if j < rows else 0
+                if n > 0:
+                    memcpy(dst, row + kb * GRAD_BLOCK, n * sizeof(float))
+                if n < GRAD_BLOCK:
+                    memset(dst + n, 0, (GRAD_BLOCK - n) * sizeof(float))
 
 
 cdef inline float *_ptr(a):
@@ -330,9 +365,12 @@ def _buffer(workspace, name, shape, zero=False, alignment=CACHE_LINE_BYTES):
     return array
 
 
-def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads=1, workspace=None):
-    """Pack one layer direction's float32 weights for ``forward(..., packed=...)``."""
-    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads, workspace)
+def pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads=1, workspace=None,
+                 for_backward=False):
+    """Pack one layer direction's float32 weights for ``forward(..., packed=...)``
+    (for a training forward with ``for_backward``)."""
+    return PackedWeights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads, workspace,
+                         for_backward)
 
 
 cdef struct Job:
@@ -902,9 +940,11 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         raise TypeError(f"the packed kernels are float32 only, got {x.dtype}")
     if packed is None:
         packed = pack_weights(cell, weight_ih, weight_hh, bias_ih, bias_hh, n_threads,
-                              workspace)
+                              workspace, training)
     elif (packed.cell, packed.input_size, packed.hidden_size) != (cell, I, H):
         raise ValueError("packed weights belong to another cell or shape")
+    elif training and packed.weight_hh_t is None:
+        raise ValueError("packed weights for training need pack_weights(..., for_backward=True)")
     TB = T * B
     U, bc, n_blocks = packed.units, packed.block_cols, packed.n_blocks
     total_cols = n_blocks * bc
@@ -1549,7 +1589,6 @@ cdef inline _check_step_array(str name, cnp.ndarray a, Py_ssize_t rows, Py_ssize
 # Backward (BPTT) on the block-major training cache.
 # --------------------------------------------------------------------------
 
-DEF GRAD_BLOCK = 64   # columns per block of the transposed weights packed for backward
 
 
 cdef struct BackJob:
@@ -1851,42 +1890,6 @@ def _column_order(int cell, Py_ssize_t hidden_size, Py_ssize_t units, Py_ssize_t
     return order, source_rows
 
 
-cdef void _pack_rows_by_column_blocks(const float *weight, Py_ssize_t K,
-                                      const int64_t *source_rows, Py_ssize_t n_rows,
-                                      float *out, Py_ssize_t jb) noexcept nogil:
-    """Column block jb of the backward's P layout, (n_rows, GRAD_BLOCK):
-    out[p, c] = weight[source_rows[p], jb*GRAD_BLOCK + c], zero for padding rows
-    (source -1) and columns past K. Each copy is a contiguous piece of a row."""
-    cdef Py_ssize_t p, c0 = jb * GRAD_BLOCK, n = min(GRAD_BLOCK, K - jb * GRAD_BLOCK)
-    cdef float *dst
-    for p in range(n_rows):
-        dst = out + p * GRAD_BLOCK
-        if source_rows[p] < 0:
-            memset(dst, 0, GRAD_BLOCK * sizeof(float))
-        else:
-            memcpy(dst, weight + source_rows[p] * K + c0, n * sizeof(float))
-            if n < GRAD_BLOCK:
-                memset(dst + n, 0, (GRAD_BLOCK - n) * sizeof(float))
-
-
-def _pack_transposed(weight, source_rows, workspace, name, int n_threads):
-    """weight (G*H, K) with its rows in packed gate order, packed by GRAD_BLOCK
-    columns: (ceil(K/GRAD_BLOCK), total_cols, GRAD_BLOCK), the P layout of the
-    products that multiply by weight (dh = dgates @ weight_hh)."""
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
-    cdef Py_ssize_t K = weight.shape[1], n_rows = source_rows.shape[0], jb, blocks
-    blocks = (K + GRAD_BLOCK - 1) // GRAD_BLOCK
-    out = _buffer(workspace, name, (blocks, n_rows, GRAD_BLOCK))
-    cdef const float *w = _ptr(weight)
-    cdef const int64_t *rows = <const int64_t *>cnp.PyArray_DATA(source_rows)
-    cdef float *o = _ptr(out)
-    cdef int threads = max(1, min(n_threads, blocks))
-    with nogil:
-        for jb in prange(blocks, num_threads=threads, schedule="static"):
-            _pack_rows_by_column_blocks(w, K, rows, n_rows, o + jb * n_rows * GRAD_BLOCK, jb)
-    return out
-
-
 cdef void _transpose(Py_ssize_t rows, Py_ssize_t cols, const float *src, Py_ssize_t ld_src,
                      float *dst, Py_ssize_t ld_dst, int n_threads) noexcept nogil:
     """dst[c, r] = src[r, c] (fr_transpose), the rows split across threads in
@@ -2017,12 +2020,12 @@ cdef class _Backward:
         tc = n_blocks * bc
         gates = cache["gates"]
         grad_h_side = _buffer(workspace, "grad_h_side", gates.shape) if cell == GRU else gates
-        # weight_hh.T and weight_ih.T with gate rows in packed order, in the P layout.
         order, source_rows = _column_order(cell, H, U, tc)
-        weight_hh_t = _pack_transposed(weight_hh, source_rows, workspace, "weight_hh_t",
-                                       n_threads)
-        weight_ih_t = _pack_transposed(weight_ih, source_rows, workspace, "weight_ih_t",
-                                       n_threads)
+        # The weights the forward ran with (as autograd, whatever the arrays hold
+        # now), packed by it for the products below (see _pack_block).
+        weight_hh_t, weight_ih_t = packed.weight_hh_t, packed.weight_ih_t
+        if weight_hh_t is None or weight_ih_t is None:
+            raise ValueError("cache comes from a forward without the backward's weights")
         dh_other = np.empty_like(dh)
 
         job.cell = cell
@@ -2198,6 +2201,8 @@ def backward(int cell, cache, x, weight_ih, weight_hh, lengths, bint reverse, gr
     """One layer, one direction, float32; see fastrnn.reference.backward.
 
     The cache is consumed: its gate activations are overwritten by gradients.
+    The products use the weights as the forward packed them (weight_ih and
+    weight_hh are checked against the cache's shapes).
     ``workspace``: as in forward (a different dict from the forward's).
     """
     cdef _Backward call = _Backward(

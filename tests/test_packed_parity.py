@@ -141,8 +141,15 @@ def test_packed_rejects_bad_use():
         _run(_packed, cell, problem, None, False, 1, packed=other)
     with pytest.raises(ValueError, match="isa"):
         _packed.set_isa("sse9")
+    # A training forward on packed weights without the backward's layout.
+    x, wi, wh, bi, bh, h0, c0 = problem
+    out = np.empty((3, 2, 5), np.float32)
+    with pytest.raises(ValueError, match="for_backward"):
+        _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1,
+                        packed=_packed.pack_weights(cell, wi, wh, bi, bh))
+    _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1,
+                    packed=_packed.pack_weights(cell, wi, wh, bi, bh, for_backward=True))
     # Shapes that would make the packing read past the weights or biases.
-    _, wi, wh, bi, bh, _, _ = problem
     for args in ((wi[:-1], wh, bi, bh), (wi, wh[:-1], bi, bh), (wi, wh, bi[:-1], bh),
                  (wi, wh, bi, None), (wi[0], wh, bi, bh)):
         with pytest.raises(ValueError, match="weights must be"):
