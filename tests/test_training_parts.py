@@ -95,3 +95,22 @@ def test_a_smaller_openmp_team_still_trains_every_part(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN])
+def test_bidirectional_directions_in_parts_beside_each_other(cls):
+    # Four threads: the two directions of a layer run at the same time, each on
+    # two threads, which split its batch into parts.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 16, 10)).astype(np.float32)
+    grad = rng.standard_normal((12, 16, 48)).astype(np.float32)
+    kwargs = dict(num_layers=2, bidirectional=True, seed=3)
+    parted, single = cls(10, 24, n_threads=4, **kwargs), cls(10, 24, n_threads=1, **kwargs)
+    out, want = parted(x)[0], single(x)[0]
+    assert [c["parts"] for layer in parted._cache["layers"] for c in layer["caches"]] == [2] * 4
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    dx, dx_want = parted.backward(grad)[0], single.backward(grad)[0]
+    np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-5)
+    for name, expected in single.grads.items():
+        np.testing.assert_allclose(parted.grads[name], expected, rtol=1e-5,
+                                   atol=1e-5 * max(1.0, np.abs(expected).max()))
