@@ -63,6 +63,8 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_ftz_leave(unsigned int old)
     int fr_omp_num_threads()
     void fr_prefetch(const void *p, size_t nbytes)
+    void fr_stream_block64(float *dst, const float *src, Py_ssize_t n)
+    void fr_store_fence()
     int fr_omp_thread_num()
 
 cdef extern from "_barrier.h" nogil:
@@ -337,12 +339,11 @@ cdef void _pack_block(const float *weight, Py_ssize_t K, int G, Py_ssize_t H, Py
             column = b * G * U + g * U + j
             row = weight + (g * H + b * U + j) * K
             for kb in range(k_blocks):
-                dst = transposed + (kb * total_cols + column) * GRAD_BLOCK
                 n = min(GRAD_BLOCK, K - kb * GRAD_BLOCK) if j < rows else 0
-                if n > 0:
-                    memcpy(dst, row + kb * GRAD_BLOCK, n * sizeof(float))
-                if n < GRAD_BLOCK:
-                    memset(dst + n, 0, (GRAD_BLOCK - n) * sizeof(float))
+                fr_stream_block64(transposed + (kb * total_cols + column) * GRAD_BLOCK,
+                                  row + kb * GRAD_BLOCK, n)
+    if transposed != NULL:
+        fr_store_fence()
 
 
 cdef inline float *_ptr(a):
