@@ -197,7 +197,7 @@ def set_isa(name=None):
 
 # Columns of a tile of the packed GEMM (P[tile][k][TILE], see _packed_gemm.h).
 DEF TILE = 64
-DEF GRAD_BLOCK = 64   # columns per block of the weights packed for the backward
+DEF GRAD_BLOCK = 64   # columns per block of the weights packed for the backward (fr_stream_block64)
 # Where buffers start (fastrnn._aligned): the threads of a batch split keep
 # theirs in pages of their own (see _run_rows).
 DEF CACHE_LINE_BYTES = 64
@@ -628,16 +628,13 @@ cdef void _run_part(const Job *job, Py_ssize_t part) noexcept nogil:
     and state array: with the part's rows r0..r1 (n of them), step t's row
     r0 + b is row r0 * T + t * n + b of each tile (and of GRU's hn), and its
     states start at row r0 * (T + 1) of h, c and hm.
-    With the rows of both threads interleaved in every step (one part), the
-    backward's products, split by columns, read half of every line the other
-    core wrote, and the next forward writes them back: in the minutes when this
-    VM's two cores are far apart (a cache-line round trip of 400 ns, not 100),
-    LSTM B=8 H=128 T=100 training took 2.15 ms on 2 threads against 1.52-1.60
-    for two independent 1-thread layers of 4 rows (1.50 and 1.52 otherwise).
-    In parts, separate processes, 2 threads, ms, in that state: LSTM B=8
-    2.15 -> 1.80-1.89, GRU 1.81 -> 1.55, RNN 0.79-0.81 -> 0.68-0.70, GRU B=32
-    H=256 T=50 10.5 -> 9.6; otherwise LSTM B=8 1.50 -> 1.47-1.49, B=32
-    within the noise (12.58 against 12.67, interleaved in one process)."""
+    With the rows of both threads interleaved in every step (one part), every
+    line of the cache holds both threads' rows, and the threads pass them back
+    and forth: in the minutes when this VM's two cores are far apart (a
+    cache-line round trip of 400 ns, not 100), LSTM B=8 H=128 T=100 training
+    took 2.15 ms on 2 threads (its forward 0.72) against 1.52-1.60 for two
+    independent 1-thread layers of 4 rows (1.50-1.52 both otherwise). In parts
+    (when, see PARTS_MAX_ROW): 1.93 and 1.52."""
     cdef Job rows = job[0]
     cdef Py_ssize_t T = job.seq_len, H = job.hidden_size, B = job.batch
     cdef Py_ssize_t r0 = block_start(B, job.parts, part), r1 = block_start(B, job.parts, part + 1)
@@ -1114,8 +1111,7 @@ def forward_bidirectional(int cell, x, directions, lengths, bint training, out,
     _place_parts(&jobs[0], setups[0], n_threads // 2 if together else n_threads)
     _place_parts(&jobs[1], setups[1], n_threads - n_threads // 2 if together else n_threads)
     _launch_directions(&jobs[0], &jobs[1], n_threads, together)
-    first_result = _finish_forward(&jobs[0], setups[0])
-    return [first_result, _finish_forward(&jobs[1], setups[1])]
+    return [_finish_forward(&jobs[0], setups[0]), _finish_forward(&jobs[1], setups[1])]
 
 
 cdef inline bint _directions_together(const Job *first, int n_threads) noexcept nogil:
@@ -1591,7 +1587,6 @@ cdef inline _check_step_array(str name, cnp.ndarray a, Py_ssize_t rows, Py_ssize
 # --------------------------------------------------------------------------
 
 
-
 cdef struct BackJob:
     int cell
     bint reverse
@@ -1985,7 +1980,7 @@ cdef void _part_products(const PartProducts *a, Py_ssize_t part) noexcept nogil:
 
 cdef class _Backward:
     """One layer direction's backward in three parts: __init__ checks the
-    arguments, packs the weights the products read and fills the BPTT job;
+    arguments, takes the weights the forward packed for it and fills the BPTT job;
     the BPTT runs on the job (_bptt, or _bptt_pair for both directions of a
     layer, without the GIL); products() then computes the gradients of x, the
     weights and the biases from the gate gradients. The arrays the job points
@@ -2161,14 +2156,13 @@ cdef class _Backward:
                       p_dwh + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
                 if bias_sums > 0:
                     # d_bias[0, own] = dgates.sum(0)
-                    _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE,
-                          (k1 - k0) * nt, p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0,
-                          pt, partial_units)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gates + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_db + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt, partial_units)
                 if bias_sums > 1:
                     # d_bias[1, own] = dgates_h.sum(0)
-                    _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE,
-                          (k1 - k0) * nt, p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc,
-                          0, 0, pt, partial_units)
+                    _gemm(1, TB, p_ones, TB, 0, 0, p_gh + k0 * TB * bc, TILE, (k1 - k0) * nt,
+                          p_db + tc + k0 * bc, tc, TILE, (k1 - k0) * bc, 0, 0, pt,
+                          partial_units)
                 fr_ftz_leave(fp_state)
         if batch_parts == 1:
             parts = max(1, min(n_threads, TB // 16))
