@@ -4,15 +4,13 @@ in backward_bidirectional), or in turn when a direction's W_hh fills a core's
 cache at small batch. Either way the
 results are those of one thread and of the NumPy reference, in inference and
 in training (with lengths and recurrent dropout), whatever team OpenMP gives."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn import _packed
+
+from _subprocess_util import run_python
 
 CELLS = ["LSTM", "GRU", "RNN"]
 # (seq_len, batch, input_size, hidden_size, n_threads): together on 2 threads at
@@ -147,11 +145,5 @@ def test_a_smaller_openmp_team_still_computes_both_directions(tmp_path):
         "assert np.allclose(a(x)[0], b(x)[0], rtol=1e-6, atol=1e-7)\n"
         "assert np.abs(a(x)[0][:, :, 40:]).max() > 0\n"
         "print('ok')\n")
-    # The package under test (installed, or a checkout built in place) first on
-    # the path; cwd elsewhere, where no uncompiled checkout can shadow it.
-    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
-    env = dict(os.environ, OMP_THREAD_LIMIT="1",
-               PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = run_python(code, tmp_path, OMP_THREAD_LIMIT="1")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -1,16 +1,14 @@
 """A training batch split into parts (one a thread, each laid out on its own in
 the cache, see _packed._run_part): the layout is chosen by the forward, and a
 backward (or a forward) on fewer threads than parts still computes every part."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn import _packed
 from fastrnn._kernel_args import CELL_GRU, CELL_LSTM, CELL_RNN_TANH
+
+from _subprocess_util import run_python
 
 CELLS = {"lstm": CELL_LSTM, "gru": CELL_GRU, "rnn": CELL_RNN_TANH}
 
@@ -89,11 +87,7 @@ def test_a_smaller_openmp_team_still_trains_every_part(tmp_path):
         "    for name in a.grads:\n"
         "        assert close(a.grads[name], b.grads[name]), name\n"
         "print('ok')\n")
-    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
-    env = dict(os.environ, OMP_THREAD_LIMIT="1",
-               PYTHONPATH=os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = run_python(code, tmp_path, OMP_THREAD_LIMIT="1")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
