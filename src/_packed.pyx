@@ -926,11 +926,24 @@ cdef bint _together(Py_ssize_t batch, Py_ssize_t hidden_size, Py_ssize_t total_c
         or (batch >= MIN_ROWS_PER_THREAD and weight_bytes < HIDDEN_SPLIT_ALWAYS_BYTES))
 
 
-cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, bias_hh, h0,
-                          c0, lengths, bint reverse, bint training, out, Py_ssize_t out_col,
-                          int n_threads, packed, workspace, recurrent_mask):
-    """Check one direction's arguments and fill its job; returns what
-    _finish_forward needs (the arrays the job writes stay referenced there)."""
+cdef class _ForwardSetup:
+    """A forward direction's arrays, as _setup_forward made or checked them:
+    they stay referenced here while the job points into them, for
+    _place_parts and _finish_forward. first / last: the states before the
+    first step and after the last one."""
+    cdef int cell
+    cdef bint reverse, training
+    cdef Py_ssize_t first, last
+    cdef object packed, gates, gates_h, hn_cache, h, c, hm, recurrent_mask, lengths
+    cdef object thread_space, h0, c0
+
+
+cdef _ForwardSetup _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih,
+                                  bias_hh, h0, c0, lengths, bint reverse, bint training, out,
+                                  Py_ssize_t out_col, int n_threads, packed, workspace,
+                                  recurrent_mask):
+    """Check one direction's arguments and fill its job (but for the parts and
+    the initial state: _place_parts)."""
     cdef Py_ssize_t T, B, I, H, TB
     T, B, I, H, lengths = check_forward_args(cell, x, weight_ih, weight_hh, bias_ih, bias_hh,
                                              h0, c0, lengths, out, out_col, n_threads)
@@ -969,11 +982,6 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
         # Variational dropout: h * mask feeds the recurrent product (see Job).
         hm = _buffer(workspace, "hm", (states, B, H))
     c = _buffer(workspace, "c", (states, B, H)) if cell == LSTM else None
-    if not training:
-        # (Training places the initial state once its parts are known: _place_parts.)
-        h[first] = h0
-        if c is not None:
-            c[first] = c0
 
     _base_job(job, packed, B, gates, gates_h, h, c)
     thread_space = None
@@ -996,13 +1004,18 @@ cdef tuple _setup_forward(Job *job, int cell, x, weight_ih, weight_hh, bias_ih, 
     job.lengths = <const int64_t *>cnp.PyArray_DATA(lengths) if lengths is not None else NULL
     job.hm = _ptr(hm) if hm is not None else NULL
     job.recurrent_mask = _ptr(recurrent_mask) if hm is not None else NULL
-    return (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm,
-            recurrent_mask, lengths, first, last, thread_space, h0, c0)
+    cdef _ForwardSetup setup = _ForwardSetup()
+    setup.cell, setup.reverse, setup.training, setup.first, setup.last = (
+        cell, reverse, training, first, last)
+    setup.packed, setup.gates, setup.gates_h, setup.hn_cache = packed, gates, gates_h, hn_cache
+    setup.h, setup.c, setup.hm, setup.recurrent_mask = h, c, hm, recurrent_mask
+    setup.lengths, setup.thread_space, setup.h0, setup.c0 = lengths, thread_space, h0, c0
+    return setup
 
 
 def _state_parts(states, Py_ssize_t parts):
-    """A training cache's states (T+1, B, H) in the layout of Job.parts: for
-    each part, its rows r0..r1 and the (T+1, r1 - r0, H) array of them."""
+    """States (steps, B, H) in the layout of Job.parts: for each part, its rows
+    r0..r1 and the (steps, r1 - r0, H) array of them (one part: all of it)."""
     steps, B, H = states.shape
     if parts == 1:
         return [(0, B, states)]
@@ -1014,26 +1027,24 @@ def _state_parts(states, Py_ssize_t parts):
     return result
 
 
-cdef void _place_parts(Job *job, tuple setup, int n_threads) except *:
-    """A training job's layout, once the threads it runs on are known (n_threads:
-    its share when it runs beside another): split into parts when its team
-    splits the batch (see Job.parts); and its initial state put in place."""
-    (_, _, training, _, _, _, _, h, c, hm, recurrent_mask, _, first, _, _, h0, c0) = setup
+cdef void _place_parts(Job *job, _ForwardSetup setup, int n_threads) except *:
+    """A job's layout, once the threads it runs on are known (n_threads: its
+    share when it runs beside another): in training, split into parts when its
+    team splits the batch (see Job.parts); and its initial state put in place."""
     cdef bint split_hidden
-    if not training:
-        return
     cdef int threads = _team_size(job, n_threads, &split_hidden)
-    job.parts = 1
-    if threads > 1 and not split_hidden and job.input_size + job.hidden_size <= PARTS_MAX_ROW:
+    cdef Py_ssize_t first = setup.first
+    if (setup.training and threads > 1 and not split_hidden
+            and job.input_size + job.hidden_size <= PARTS_MAX_ROW):
         job.parts = threads
-    for r0, r1, h_part in _state_parts(h, job.parts):
-        h_part[first] = h0[r0:r1]
-    if c is not None:
-        for r0, r1, c_part in _state_parts(c, job.parts):
-            c_part[first] = c0[r0:r1]
-    if hm is not None:
-        for r0, r1, hm_part in _state_parts(hm, job.parts):
-            hm_part[first] = h0[r0:r1] * recurrent_mask[r0:r1]
+    for r0, r1, h_part in _state_parts(setup.h, job.parts):
+        h_part[first] = setup.h0[r0:r1]
+    if setup.c is not None:
+        for r0, r1, c_part in _state_parts(setup.c, job.parts):
+            c_part[first] = setup.c0[r0:r1]
+    if setup.hm is not None:
+        for r0, r1, hm_part in _state_parts(setup.hm, job.parts):
+            hm_part[first] = setup.h0[r0:r1] * setup.recurrent_mask[r0:r1]
 
 
 def _final_state(states, Py_ssize_t parts, Py_ssize_t last):
@@ -1046,17 +1057,16 @@ def _final_state(states, Py_ssize_t parts, Py_ssize_t last):
     return result
 
 
-cdef tuple _finish_forward(const Job *job, tuple setup):
+cdef tuple _finish_forward(const Job *job, _ForwardSetup setup):
     """(h_n, c_n, cache) of a job that has run (see forward)."""
-    (cell, reverse, training, packed, gates, gates_h, hn_cache, h, c, hm, recurrent_mask,
-     lengths, _, last, _, _, _) = setup
-    h_n = _final_state(h, job.parts, last)
-    c_n = _final_state(c, job.parts, last) if c is not None else None
-    if not training:
+    h_n = _final_state(setup.h, job.parts, setup.last)
+    c_n = _final_state(setup.c, job.parts, setup.last) if setup.c is not None else None
+    if not setup.training:
         return h_n, c_n, None
-    return h_n, c_n, {"cell": cell, "reverse": reverse, "packed": packed, "gates": gates,
-                      "hn": hn_cache, "h_seq": h, "c_seq": c, "hm_seq": hm,
-                      "recurrent_mask": recurrent_mask, "parts": job.parts,
+    return h_n, c_n, {"cell": setup.cell, "reverse": setup.reverse, "packed": setup.packed,
+                      "gates": setup.gates, "hn": setup.hn_cache, "h_seq": setup.h,
+                      "c_seq": setup.c, "hm_seq": setup.hm,
+                      "recurrent_mask": setup.recurrent_mask, "parts": job.parts,
                       "consumed": False}
 
 

@@ -1,17 +1,15 @@
 """The benchmark machinery (fastrnn/_bench.py) and the command line
 (``python -m fastrnn {info,bench}``), on tiny rows: structure of the results,
 the agreement check (and that a wrong engine is caught), exit statuses."""
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-import fastrnn
 from fastrnn import _bench
 from fastrnn.__main__ import main
+
+from _subprocess_util import PACKAGE_PARENT, run_python
 
 TINY = _bench.Row("forward", "LSTM", T=3, B=2, I=8, H=8)
 
@@ -176,13 +174,7 @@ def test_cli_bench_runs_and_exit_status(capsys, monkeypatch):
 
 
 def test_cli_info():
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
-    # cwd: `python -m` puts the working directory first on sys.path, where a
-    # checkout's uncompiled fastrnn/ would shadow the package under test.
-    proc = subprocess.run([sys.executable, "-m", "fastrnn", "info"], capture_output=True,
-                          text=True, env=env, timeout=60, cwd=package_parent)
+    proc = run_python(["-m", "fastrnn", "info"], PACKAGE_PARENT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "fastrnn OpenMP" in proc.stdout and "BLAS" in proc.stdout
 

@@ -10,7 +10,7 @@ import pytest
 import fastrnn
 from fastrnn import _packed
 
-from _subprocess_util import run_python
+from _subprocess_util import assert_prints_ok
 
 CELLS = ["LSTM", "GRU", "RNN"]
 # (seq_len, batch, input_size, hidden_size, n_threads): together on 2 threads at
@@ -145,5 +145,4 @@ def test_a_smaller_openmp_team_still_computes_both_directions(tmp_path):
         "assert np.allclose(a(x)[0], b(x)[0], rtol=1e-6, atol=1e-7)\n"
         "assert np.abs(a(x)[0][:, :, 40:]).max() > 0\n"
         "print('ok')\n")
-    done = run_python(code, tmp_path, OMP_THREAD_LIMIT="1")
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert_prints_ok(code, tmp_path, OMP_THREAD_LIMIT="1")

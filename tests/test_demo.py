@@ -1,25 +1,17 @@
 """The ``fastrnn demo`` main job (tiny settings), its packaged text, and
 ``generate`` (stepping a language model one character at a time)."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-import fastrnn
 from fastrnn import demo, io, nn
 from fastrnn.__main__ import main as cli_main
 from fastrnn.data import CharVocab
 
+from _subprocess_util import run_python
+
 TINY = ["--epochs", "1", "--hidden-size", "16", "--embedding-dim", "8", "--max-chars", "6000",
         "--batch-size", "8", "--bptt", "16", "--length", "60", "--no-progress"]
-
-
-def _env():
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(fastrnn.__file__))
-    env["PYTHONPATH"] = os.pathsep.join([package_parent, env.get("PYTHONPATH", "")])
-    return env
 
 
 def test_packaged_text_is_small_public_domain_shakespeare():
@@ -37,9 +29,7 @@ def test_python_m_fastrnn_demo_runs_and_prints_generated_text(tmp_path):
     saved = tmp_path / "demo.npz"
     # cwd: `python -m` puts the working directory first on sys.path, where a
     # checkout's uncompiled fastrnn/ would shadow the package under test.
-    proc = subprocess.run([sys.executable, "-m", "fastrnn", "demo", *TINY, "--save", str(saved)],
-                          capture_output=True, text=True, env=_env(), timeout=120,
-                          cwd=tmp_path)
+    proc = run_python(["-m", "fastrnn", "demo", *TINY, "--save", str(saved)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "epoch 0/1  (untrained)" in out and "epoch 1/1" in out and "val_ppl" in out

@@ -8,7 +8,7 @@ import fastrnn
 from fastrnn import _packed
 from fastrnn._kernel_args import CELL_GRU, CELL_LSTM, CELL_RNN_TANH
 
-from _subprocess_util import run_python
+from _subprocess_util import assert_prints_ok
 
 CELLS = {"lstm": CELL_LSTM, "gru": CELL_GRU, "rnn": CELL_RNN_TANH}
 
@@ -87,8 +87,7 @@ def test_a_smaller_openmp_team_still_trains_every_part(tmp_path):
         "    for name in a.grads:\n"
         "        assert close(a.grads[name], b.grads[name]), name\n"
         "print('ok')\n")
-    done = run_python(code, tmp_path, OMP_THREAD_LIMIT="1")
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert_prints_ok(code, tmp_path, OMP_THREAD_LIMIT="1")
 
 
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN])
