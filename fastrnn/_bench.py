@@ -794,6 +794,14 @@ class Machine:
             torch.set_num_threads(old)
         return 2.0 * n ** 3 / seconds
 
+    @staticmethod
+    def cross_core():
+        """{"across": bytes/s, "own": bytes/s, "cpus": ...} of
+        fastrnn._openmp.cross_core_read (a 4 MB buffer), or None. Measured now:
+        on a virtual machine it changes from minute to minute."""
+        from fastrnn import _openmp
+        return _openmp.cross_core_read()
+
     def copy_bandwidth(self, nbytes):
         """Bytes/s moved (read + written) copying one half of an ``nbytes``
         buffer onto the other, single-threaded: the working set is ``nbytes``,
@@ -867,6 +875,7 @@ class RowResult:
     limit: Optional[dict] = None
     peaks: Optional[dict] = None
     steps: int = 1               # stream rows: steps per timed round
+    cores: Optional[dict] = None  # threads > 1: Machine.cross_core() after the row
 
     @property
     def agree(self):
@@ -895,7 +904,7 @@ class RowResult:
         return {"row": self.row.name, "kind": self.row.kind, "n_threads": self.n_threads,
                 "repeat": self.repeat, "flops": self.row.flops, "engines": engines,
                 "notes": self.notes, "limit": self.limit, "gemm_peaks": self.peaks,
-                "agree": self.agree}
+                "cross_core_read": self.cores, "agree": self.agree}
 
 
 def _order(group):
@@ -1084,6 +1093,8 @@ def run_row(row, n_threads=1, engines=None, repeat=None, machine=None, steps=100
     if machine is not None:
         result.peaks = machine.gemm_peaks(n_threads)
         result.limit = physical_limit(row, n_threads, machine)
+        if n_threads > 1:
+            result.cores = machine.cross_core()
     return result
 
 
@@ -1145,9 +1156,18 @@ def format_row(result):
             f"{_fmt_bytes(limit['bytes_per_step_per_thread'])}/thread at "
             f"{limit['bandwidth'] / 1e9:.0f} GB/s); fastrnn at "
             f"{100 * limit['seconds'] / fast:.0f}% of it")
+    if result.cores:
+        lines.append(f"  {_fmt_cores(result.cores)} (after the row)")
     for note in result.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _fmt_cores(cores):
+    """One line of Machine.cross_core()."""
+    return (f"cross-core reads: {cores['across'] / 1e9:.0f} GB/s, "
+            f"{100 * cores['across'] / cores['own']:.0f}% of a CPU's own writes "
+            f"({cores['own'] / 1e9:.0f} GB/s)")
 
 
 def _fmt_flops(n):
@@ -1228,6 +1248,11 @@ def environment_lines(threads, machine=None, engines=()):
                 versions.append(f"{module} {mod.__version__}")
     if versions:
         lines.append("peers: " + ", ".join(versions))
+    if machine is not None and max(threads) > 1:
+        cores = machine.cross_core()
+        if cores:
+            lines.append(f"{_fmt_cores(cores)}, 4 MB written by one thread of two, then "
+                         f"read by the other, CPUs {cores['cpus'][0]} and {cores['cpus'][1]}")
     if machine is not None and machine.gemm_size > 0:
         for n in threads:
             peaks = machine.gemm_peaks(n)

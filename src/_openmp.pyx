@@ -19,6 +19,77 @@ cdef extern from *:
     bint FASTRNN_OPENMP_ENABLED
     int omp_get_max_threads() nogil
 
+cdef extern from *:
+    """
+    #include <sched.h>
+    #include <time.h>
+
+    static double fr_seconds(void)
+    {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return t.tv_sec + 1e-9 * t.tv_nsec;
+    }
+
+    /* One float of each cache line: the rate at which lines reach this core. */
+    static float fr_read_lines(const float *buf, size_t n)
+    {
+        float sum = 0.0f;
+        for (size_t i = 0; i < n; i += 16)
+            sum += buf[i];
+        return sum;
+    }
+
+    /* The best rates (bytes/s) over `rounds` at which thread 0 of a team of two
+     * reads n floats just written by thread 1 (across) and by itself (own);
+     * cpus: the CPU each ran on. Returns 0 when no team of two ran. */
+    static int fr_cross_core_read(float *buf, size_t n, int rounds, double *across,
+                                  double *own, int *cpus)
+    {
+        double best_across = 1e30, best_own = 1e30;
+        int team = 0;
+        volatile float sink = 0.0f;
+    #ifdef _OPENMP
+        #pragma omp parallel num_threads(2)
+        {
+            const int tid = omp_get_thread_num();
+            #pragma omp single
+            team = omp_get_num_threads();
+            if (team == 2) {
+                cpus[tid] = sched_getcpu();
+                for (int r = 0; r < rounds; r++) {
+                    if (tid == 1)
+                        for (size_t i = 0; i < n; i++)
+                            buf[i] = (float)r;
+                    #pragma omp barrier
+                    if (tid == 0) {
+                        double start = fr_seconds();
+                        sink += fr_read_lines(buf, n);
+                        double t = fr_seconds() - start;
+                        best_across = t < best_across ? t : best_across;
+                        for (size_t i = 0; i < n; i++)
+                            buf[i] = (float)r;
+                        start = fr_seconds();
+                        sink += fr_read_lines(buf, n);
+                        t = fr_seconds() - start;
+                        best_own = t < best_own ? t : best_own;
+                    }
+                    #pragma omp barrier
+                }
+            }
+        }
+    #endif
+        (void)sink;
+        if (team != 2)
+            return 0;
+        *across = n * sizeof(float) / best_across;
+        *own = n * sizeof(float) / best_own;
+        return 1;
+    }
+    """
+    int fr_cross_core_read(float *buf, size_t n, int rounds, double *across, double *own,
+                           int *cpus) nogil
+
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -49,3 +120,27 @@ def _read_cpus():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def cross_core_read(nbytes=4 << 20, rounds=10):
+    """How fast one CPU reads what another has just written, against what it
+    wrote itself: {"across": bytes/s, "own": bytes/s, "cpus": (cpu, cpu)}, the
+    best of `rounds` reads of an `nbytes` buffer by one thread of a team of two;
+    None without OpenMP or a team of two. Two CPUs of one virtual machine can
+    share a cache at one time and not at another: then "across" falls to a
+    fraction of "own", and so do the gains of a second thread wherever the
+    threads exchange data (see bench/README.md)."""
+    import numpy as np
+    if not FASTRNN_OPENMP_ENABLED or max_threads() < 2:
+        return None
+    cdef float[::1] buf = np.zeros(max(16, int(nbytes) // 4), np.float32)
+    cdef double across = 0, own = 0
+    cdef int cpus[2]
+    cdef int ran, repeats = max(1, rounds)
+    cdef size_t n = buf.shape[0]
+    cpus[0] = cpus[1] = -1
+    with nogil:
+        ran = fr_cross_core_read(&buf[0], n, repeats, &across, &own, cpus)
+    if not ran:
+        return None
+    return {"across": across, "own": own, "cpus": (cpus[0], cpus[1])}

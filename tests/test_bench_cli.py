@@ -51,6 +51,34 @@ def test_run_row_structure_and_agreement():
     assert result.to_dict()["engines"]["reference"]["agree"] is True
 
 
+def test_cross_core_read_is_measured_for_two_thread_rows():
+    from fastrnn import _openmp
+    cores = _openmp.cross_core_read(nbytes=1 << 20, rounds=3)
+    if not _openmp.openmp_enabled() or _openmp.max_threads() < 2:
+        assert cores is None
+        return
+    assert set(cores) == {"across", "own", "cpus"}
+    assert 0 < cores["across"] < float("inf") and 0 < cores["own"] < float("inf")
+    assert len(cores["cpus"]) == 2 and all(isinstance(c, int) for c in cores["cpus"])
+
+    machine = _bench.Machine(gemm_size=32, torch=False)
+    result = _bench.run_row(TINY, n_threads=2, engines=[_bench.FastrnnEngine()], repeat=2,
+                            machine=machine)
+    assert result.cores is not None and result.cores["across"] > 0
+    assert "cross-core reads:" in _bench.format_row(result)
+    assert result.to_dict()["cross_core_read"] == result.cores
+    one = _bench.run_row(TINY, n_threads=1, engines=[_bench.FastrnnEngine()], repeat=2,
+                         machine=machine)
+    assert one.cores is None and "cross-core" not in _bench.format_row(one)
+
+
+def test_cross_core_read_needs_a_team_of_two():
+    proc = run_python(["-c", "from fastrnn import _openmp; print(_openmp.cross_core_read())"],
+                      PACKAGE_PARENT, timeout=60, OMP_THREAD_LIMIT="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"
+
+
 class CountingEngine(_bench.FastrnnEngine):
     """fastrnn whose timed function counts its calls (and can be made slow)."""
 
