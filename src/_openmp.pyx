@@ -1,10 +1,13 @@
 # cython: language_level=3
-"""OpenMP build information and the thread-count resolver.
+"""OpenMP build information, the thread-count resolver, and a measure of how
+fast data moves between two CPUs (cross_core_read, for the benchmarks).
 
 ``_openmp_parallelism_enabled`` is decided at compile time: a build without
 OpenMP (compiler without support, or FASTRNN_NO_OPENMP=1) always runs one thread.
 """
 import os
+
+import numpy as np
 
 cdef extern from *:
     """
@@ -23,6 +26,9 @@ cdef extern from *:
     """
     #include <sched.h>
     #include <time.h>
+    #ifndef __linux__
+    static int sched_getcpu(void) { return -1; }   /* unknown off Linux */
+    #endif
 
     static double fr_seconds(void)
     {
@@ -130,7 +136,6 @@ def cross_core_read(nbytes=4 << 20, rounds=10):
     share a cache at one time and not at another: then "across" falls to a
     fraction of "own", and so do the gains of a second thread wherever the
     threads exchange data (see bench/README.md)."""
-    import numpy as np
     if not FASTRNN_OPENMP_ENABLED or max_threads() < 2:
         return None
     cdef float[::1] buf = np.zeros(max(16, int(nbytes) // 4), np.float32)
