@@ -1368,7 +1368,8 @@ def main(args, out=None):
     skipped = sorted({f"{e.group_name} skipped: {e.unavailable()}" for e in engines
                       if e.unavailable()})
     busy = _load_warning(max(threads))     # before our own GEMMs raise the load
-    for line in environment_lines(threads, machine, engines):
+    environment = environment_lines(threads, machine, engines)
+    for line in environment:
         say(line)
     for line in skipped:
         say(f"note: {line}")
@@ -1392,7 +1393,7 @@ def main(args, out=None):
         say()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": environment_lines(threads, machine, engines),
+            json.dump({"environment": environment,
                        "results": [r.to_dict() for r in results]}, f, indent=1)
         say(f"results written to {args.json}")
     if bad:

@@ -89,6 +89,8 @@ DEF PROJECTION_ROWS = 128
 cdef inline Py_ssize_t _max_chunk(Py_ssize_t batch) noexcept nogil:
     """Steps of an inference chunk (their gates in the chunk buffer) at this batch."""
     return max(1, PROJECTION_ROWS // batch)
+
+
 # Split the batch across threads when each gets at least this many rows;
 # below, split the hidden units (a barrier per step). Forward and BPTT both
 # split the batch from 4 rows a thread (from 2, the hidden split stayed ahead:
