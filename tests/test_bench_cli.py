@@ -51,6 +51,26 @@ def test_run_row_structure_and_agreement():
     assert result.to_dict()["engines"]["reference"]["agree"] is True
 
 
+def test_copy_bandwidth_is_the_best_of_several_buffers(monkeypatch):
+    # Whether a buffer the size of L2 fits in it depends on where its pages land:
+    # the rate (and so the physical limit) is the best of four buffers, all
+    # alive at once so that each has pages of its own, measured once per size.
+    machine = _bench.Machine(gemm_size=32, torch=False)
+    allocated = []
+    ones = np.ones
+
+    def tracked_ones(*args, **kwargs):
+        allocated.append(ones(*args, **kwargs))
+        return allocated[-1]
+    monkeypatch.setattr(_bench.np, "ones", tracked_ones)
+    rate = machine.copy_bandwidth(1 << 16)
+    assert 0 < rate < float("inf")
+    assert len(allocated) == 4
+    assert len({buffer.ctypes.data for buffer in allocated}) == 4
+    assert all(buffer.nbytes == 1 << 16 for buffer in allocated)
+    assert machine.copy_bandwidth(1 << 16) == rate and len(allocated) == 4
+
+
 def test_cross_core_read_is_measured_for_two_thread_rows():
     from fastrnn import _openmp
     cores = _openmp.cross_core_read(nbytes=1 << 20, rounds=3)
