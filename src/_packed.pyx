@@ -1917,14 +1917,14 @@ cdef void _transpose_add_rows(Py_ssize_t K, Py_ssize_t cols, const float *src,
                               int n_threads) noexcept nogil:
     """dst[dst_rows[c], :] += src[:, c] for the columns c of src (K, cols) with
     dst_rows[c] >= 0 (fr_transpose_add_rows), the columns split across threads
-    in pieces of 8."""
-    cdef Py_ssize_t pieces = (cols + 7) // 8, part, parts
+    in pieces of 16 (the width it adds at a time)."""
+    cdef Py_ssize_t pieces = (cols + 15) // 16, part, parts
     parts = max(1, min(n_threads, pieces))
     if K * cols < MIN_PARALLEL_WORK:
         parts = 1
     for part in prange(parts, num_threads=parts, schedule="static"):
-        fr_transpose_add_rows(K, min(cols, 8 * block_start(pieces, parts, part)),
-                              min(cols, 8 * block_start(pieces, parts, part + 1)),
+        fr_transpose_add_rows(K, min(cols, 16 * block_start(pieces, parts, part)),
+                              min(cols, 16 * block_start(pieces, parts, part + 1)),
                               src, cols, dst_rows, dst, K)
 
 
