@@ -246,51 +246,43 @@ static void fr_transpose_add_rows_scalar(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1
 }
 
 #ifdef FR_HAVE_TRANSPOSE8
-/* `width` (8 or 16) columns (destination rows) at a time, each destination row
- * written in order along k. Measured on 650 x 2624: 1.9 ms against 4.1 ms for
- * the transpose and the gather-add; 32 x 32 tiles of 8 x 8 blocks were slower.
- * Sixteen columns use each cache line of src whole in one visit; eight left its
- * other half to the next visit, by when the line had gone when src's rows are
- * 2 or 4 KB apart (they fall in one L1 set). In a C test, 8 -> 16 columns:
+/* Sixteen columns (destination rows) at a time, each destination row written
+ * in order along k. Measured on 650 x 2624: 1.9 ms against 4.1 ms for the
+ * transpose and the gather-add; 32 x 32 tiles of 8 x 8 blocks were slower.
+ * Sixteen use each cache line of src whole in one visit; eight left its other
+ * half to the next visit, by when the line had gone when src's rows are 2 or
+ * 4 KB apart (they fall in one L1 set). In a C test, 8 -> 16 columns:
  * 128 x 512 10.0 -> 6.1 us, 256 x 1024 58-97 -> 34-60, 650 x 2624 204-243 ->
- * 169-187. */
-static inline __attribute__((always_inline, target("avx2,fma"))) void fr_add_columns_avx2(
-    const int width, ptrdiff_t K, ptrdiff_t c, const float *src, ptrdiff_t ld_src,
-    const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
-{
-    const ptrdiff_t K8 = K & ~(ptrdiff_t)7;
-    float *d[16];
-    for (int i = 0; i < width; i++)
-        d[i] = dst_rows[c + i] >= 0 ? dst + dst_rows[c + i] * ld_dst : NULL;
-    for (ptrdiff_t k = 0; k < K8; k += 8) {
-        float block[16 * 8];
-        for (int half = 0; half < width / 8; half++)
-            fr_transpose8x8(src + k * ld_src + c + 8 * half, ld_src, block + 64 * half, 8);
-        for (int i = 0; i < width; i++) {
-            if (d[i] == NULL)
-                continue;
-            fr_v8 acc, add;
-            memcpy(&acc, d[i] + k, sizeof acc);
-            memcpy(&add, block + 8 * i, sizeof add);
-            acc += add;
-            memcpy(d[i] + k, &acc, sizeof acc);
-        }
-    }
-    for (int i = 0; i < width; i++)
-        if (d[i] != NULL)
-            for (ptrdiff_t k = K8; k < K; k++)
-                d[i][k] += src[k * ld_src + c + i];
-}
-
+ * 169-187. The columns past the last whole sixteen go the scalar way. */
 static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
     ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src, ptrdiff_t ld_src,
     const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
 {
+    const ptrdiff_t K8 = K & ~(ptrdiff_t)7;
     ptrdiff_t c = c0;
-    for (; c + 16 <= c1; c += 16)
-        fr_add_columns_avx2(16, K, c, src, ld_src, dst_rows, dst, ld_dst);
-    for (; c + 8 <= c1; c += 8)
-        fr_add_columns_avx2(8, K, c, src, ld_src, dst_rows, dst, ld_dst);
+    for (; c + 16 <= c1; c += 16) {
+        float *d[16];
+        for (int i = 0; i < 16; i++)
+            d[i] = dst_rows[c + i] >= 0 ? dst + dst_rows[c + i] * ld_dst : NULL;
+        for (ptrdiff_t k = 0; k < K8; k += 8) {
+            float block[16 * 8];
+            fr_transpose8x8(src + k * ld_src + c, ld_src, block, 8);
+            fr_transpose8x8(src + k * ld_src + c + 8, ld_src, block + 64, 8);
+            for (int i = 0; i < 16; i++) {
+                if (d[i] == NULL)
+                    continue;
+                fr_v8 acc, add;
+                memcpy(&acc, d[i] + k, sizeof acc);
+                memcpy(&add, block + 8 * i, sizeof add);
+                acc += add;
+                memcpy(d[i] + k, &acc, sizeof acc);
+            }
+        }
+        for (int i = 0; i < 16; i++)
+            if (d[i] != NULL)
+                for (ptrdiff_t k = K8; k < K; k++)
+                    d[i][k] += src[k * ld_src + c + i];
+    }
     fr_transpose_add_rows_scalar(K, c, c1, src, ld_src, dst_rows, dst, ld_dst);
 }
 #endif
