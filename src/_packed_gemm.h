@@ -163,7 +163,8 @@ typedef float fr_v8 __attribute__((vector_size(32)));
  * of pairs, halves), eight 32-byte loads and stores. The loops are unrolled
  * by pragma: left to GCC, the rows went through the stack, each 32-byte row
  * stored as two 16-byte halves and loaded whole (a failed store forwarding),
- * and the transposes ran 2-2.5x slower (packing W (2600 x 650): 510 -> 205 us). */
+ * and the transposes ran 1.5-2.5x slower (a C test packing W (2600 x 650):
+ * 312-510 -> 205 us). */
 static inline __attribute__((always_inline, target("avx2,fma"))) void fr_transpose8x8(
     const float *src, ptrdiff_t ld_src, float *dst, ptrdiff_t ld_dst)
 {
