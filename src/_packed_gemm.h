@@ -253,8 +253,9 @@ static void fr_transpose_add_rows_scalar(ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1
  * Sixteen use each cache line of src whole in one visit; eight left its other
  * half to the next visit, by when the line had gone when src's rows are 2 or
  * 4 KB apart (they fall in one L1 set). In a C test, 8 -> 16 columns:
- * 128 x 512 10.0 -> 6.1 us, 256 x 1024 58-97 -> 34-60, 650 x 2624 204-243 ->
- * 169-187. The columns past the last whole sixteen go the scalar way. */
+ * 128 x 512 10.0-10.2 -> 6.1 us, 256 x 1024 56-100 -> 32-60, 650 x 2624
+ * 189-243 -> 166-202. The columns past the last whole sixteen go the scalar
+ * way. */
 static __attribute__((target("avx2,fma"))) void fr_transpose_add_rows_avx2(
     ptrdiff_t K, ptrdiff_t c0, ptrdiff_t c1, const float *src, ptrdiff_t ld_src,
     const int64_t *dst_rows, float *dst, ptrdiff_t ld_dst)
