@@ -12,6 +12,8 @@ import pytest
 
 from fastrnn import _packed, reference
 
+from _kernel_problems import random_problem
+
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 # (seq_len, batch, input_size, hidden_size)
 SHAPES = [
@@ -34,20 +36,6 @@ def isa(request):
     _packed.set_isa(request.param)
     yield request.param
     _packed.set_isa(previous)
-
-
-def _problem(cell, T, B, I, H, bias, seed=1):
-    G = reference.gate_count(cell)
-    rng = np.random.default_rng(seed)
-    bound = 1 / np.sqrt(H)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    weight_ih = rng.uniform(-bound, bound, (G * H, I)).astype(np.float32)
-    weight_hh = rng.uniform(-bound, bound, (G * H, H)).astype(np.float32)
-    bias_ih = rng.uniform(-bound, bound, G * H).astype(np.float32) if bias else None
-    bias_hh = rng.uniform(-bound, bound, G * H).astype(np.float32) if bias else None
-    h0 = rng.standard_normal((B, H)).astype(np.float32)
-    c0 = rng.standard_normal((B, H)).astype(np.float32) if cell == reference.CELL_LSTM else None
-    return x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0
 
 
 def _run(module, cell, problem, lengths, reverse, n_threads, out_col=2, **kwargs):
@@ -74,7 +62,7 @@ def _assert_close(name, actual, expected):
 def test_packed_matches_reference(isa, cell_name, shape, with_lengths, reverse, n_threads):
     cell = CELLS[cell_name]
     T, B, I, H = shape
-    problem = _problem(cell, T, B, I, H, bias=True)
+    problem = random_problem(cell, T, B, I, H, bias=True)
     lengths = None
     if with_lengths:
         lengths = np.random.default_rng(T * B).integers(1, T + 1, B)
@@ -97,7 +85,7 @@ def test_packed_matches_reference(isa, cell_name, shape, with_lengths, reverse, 
 @pytest.mark.parametrize("cell_name", CELLS)
 def test_no_bias_and_reused_packed_weights(cell_name):
     cell = CELLS[cell_name]
-    problem = _problem(cell, 6, 3, 5, 40, bias=False)
+    problem = random_problem(cell, 6, 3, 5, 40, bias=False)
     packed = _packed.pack_weights(cell, *problem[1:5])
     first = _run(_packed, cell, problem, None, False, 2, packed=packed)
     again = _run(_packed, cell, problem, None, False, 2, packed=packed)
@@ -113,7 +101,7 @@ def test_no_bias_and_reused_packed_weights(cell_name):
 def test_isas_agree(cell_name):
     """Each SIMD variant gives the same numbers within float32 rounding."""
     cell = CELLS[cell_name]
-    problem = _problem(cell, 20, 6, 12, 70, bias=True)
+    problem = random_problem(cell, 20, 6, 12, 70, bias=True)
     previous = _packed.get_isa()
     results = {}
     try:
@@ -132,11 +120,11 @@ def test_isas_agree(cell_name):
 
 def test_packed_rejects_bad_use():
     cell = CELLS["lstm"]
-    problem = _problem(cell, 3, 2, 4, 5, bias=True)
+    problem = random_problem(cell, 3, 2, 4, 5, bias=True)
     with pytest.raises(TypeError, match="float32"):
         p64 = [None if a is None else a.astype(np.float64) for a in problem]
         _run(_packed, cell, p64, None, False, 1)
-    other = _packed.pack_weights(cell, *_problem(cell, 3, 2, 4, 6, bias=True)[1:5])
+    other = _packed.pack_weights(cell, *random_problem(cell, 3, 2, 4, 6, bias=True)[1:5])
     with pytest.raises(ValueError, match="packed weights"):
         _run(_packed, cell, problem, None, False, 1, packed=other)
     with pytest.raises(ValueError, match="isa"):
@@ -201,7 +189,7 @@ def test_packed_training_matches_reference(isa, cell_name, shape, bias, with_len
     reference run in float64 on the same (float32-rounded) inputs."""
     cell = CELLS[cell_name]
     T, B, I, H = shape
-    problem = _problem(cell, T, B, I, H, bias=bias)
+    problem = random_problem(cell, T, B, I, H, bias=bias)
     lengths = None
     if with_lengths:
         lengths = np.random.default_rng(T * B).integers(1, T + 1, B)
@@ -244,7 +232,7 @@ def barrier(request):
 @pytest.mark.parametrize("cell_name", CELLS)
 def test_barriers_on_two_threads(barrier, cell_name, shape):
     cell = CELLS[cell_name]
-    problem = _problem(cell, *shape, bias=True)
+    problem = random_problem(cell, *shape, bias=True)
     got = _run(_packed, cell, problem, None, False, 2)
     want = _run(reference, cell, problem, None, False, 1)
     for name, actual, expected in zip(("out", "h_n", "c_n"), got, want):
@@ -257,7 +245,7 @@ def test_barriers_on_two_threads(barrier, cell_name, shape):
 
 def test_packed_backward_consumes_its_cache():
     cell = CELLS["gru"]
-    problem = _problem(cell, 4, 3, 5, 6, bias=True)
+    problem = random_problem(cell, 4, 3, 5, 6, bias=True)
     x, wi, wh, bi, bh, h0, c0 = problem
     out = np.empty((4, 3, 6), np.float32)
     _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1)
@@ -284,7 +272,7 @@ def test_flush_to_zero_is_local_to_the_kernels():
 def _check_flush_to_zero():
     before = _packed._fp_control_word()
     cell = CELLS["lstm"]
-    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 50, 1, 4, 16, bias=True)
+    x, wi, wh, bi, bh, h0, c0 = random_problem(cell, 50, 1, 4, 16, bias=True)
     wi[:] = 0
     wh[:] = 0
     bi[:] = 0
@@ -305,7 +293,7 @@ def _check_flush_to_zero():
 @pytest.mark.parametrize("flaw", ["read-only", "strided"])
 def test_backward_rejects_gradients_it_cannot_write(name, flaw):
     cell = CELLS["lstm"]
-    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 4, 3, 5, 6, bias=True)
+    x, wi, wh, bi, bh, h0, c0 = random_problem(cell, 4, 3, 5, 6, bias=True)
     out = np.empty((4, 3, 6), np.float32)
     _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 1)
     grads = {"grad_x": np.zeros_like(x), "grad_weight_ih": np.zeros_like(wi),

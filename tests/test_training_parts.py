@@ -8,17 +8,10 @@ import fastrnn
 from fastrnn import _packed
 from fastrnn._kernel_args import CELL_GRU, CELL_LSTM, CELL_RNN_TANH
 
+from _kernel_problems import random_problem
 from _subprocess_util import assert_prints_ok
 
 CELLS = {"lstm": CELL_LSTM, "gru": CELL_GRU, "rnn": CELL_RNN_TANH}
-
-
-def _problem(cell, T, B, I, H, seed=0):
-    G = {CELL_LSTM: 4, CELL_GRU: 3}.get(cell, 1)
-    rng = np.random.default_rng(seed)
-    f32 = lambda *shape: rng.uniform(-0.5, 0.5, shape).astype(np.float32)  # noqa: E731
-    return (f32(T, B, I), f32(G * H, I), f32(G * H, H), f32(G * H), f32(G * H), f32(B, H),
-            f32(B, H) if cell == CELL_LSTM else None)
 
 
 def _train(cell, problem, forward_threads, backward_threads):
@@ -44,7 +37,7 @@ def _train(cell, problem, forward_threads, backward_threads):
 @pytest.mark.parametrize("cell_name", CELLS)
 def test_parts_match_one_thread_whatever_the_backward_threads(cell_name, shape):
     cell = CELLS[cell_name]
-    problem = _problem(cell, *shape)
+    problem = random_problem(cell, *shape)
     parts_one, want = _train(cell, problem, 1, 1)
     assert parts_one == 1
     for backward_threads in (1, 2, 3):
@@ -59,7 +52,7 @@ def test_parts_match_one_thread_whatever_the_backward_threads(cell_name, shape):
 
 def test_backward_rejects_a_cache_with_parts_out_of_range():
     cell = CELL_GRU
-    x, wi, wh, bi, bh, h0, c0 = _problem(cell, 4, 8, 5, 6)
+    x, wi, wh, bi, bh, h0, c0 = random_problem(cell, 4, 8, 5, 6)
     out = np.zeros((4, 8, 6), np.float32)
     _, _, cache = _packed.forward(cell, x, wi, wh, bi, bh, h0, c0, None, False, True, out, 0, 2)
     cache["parts"] = 9
