@@ -90,10 +90,12 @@ def test_layer_norm_and_zoneout_lstm_calls_from_several_threads(name):
     assert layer._drawn_masks == {}
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("mode", CELLS)
-def test_streaming_steps_from_several_threads_get_their_own_results(mode):
-    # Several streams served at once by one layer (step() keeps Steppers).
-    layer = getattr(fastrnn, mode)(8, 32, num_layers=2, seed=1, n_threads=1).eval()
+def test_streaming_steps_from_several_threads_get_their_own_results(mode, n_threads):
+    # Several streams served at once by one layer (step() keeps Steppers, which
+    # one step at a time may use: the others take fresh ones).
+    layer = getattr(fastrnn, mode)(8, 32, num_layers=2, seed=1, n_threads=n_threads).eval()
     streams = _inputs((25, 2, 8), seed=1)
 
     def run_stream(x):
@@ -111,6 +113,31 @@ def test_streaming_steps_from_several_threads_get_their_own_results(mode):
                 wrong.append(i)
     _run_together(work)
     assert not wrong
+
+
+@pytest.mark.parametrize("mode", CELLS)
+def test_a_step_beside_another_on_the_kept_steppers_takes_fresh_ones(mode):
+    # step() takes no lock: the kept Steppers refuse a second step while one
+    # runs (_packed._step_through), and the layer then steps on fresh ones. Here
+    # the kept Steppers are held as a step in another thread would hold them.
+    layer = getattr(fastrnn, mode)(8, 32, num_layers=2, seed=1, n_threads=1).eval()
+    twin = getattr(fastrnn, mode)(8, 32, num_layers=2, seed=1, n_threads=1).eval()
+    x = _inputs((2, 3, 8), seed=2)[0]
+    _, hx = layer.step(x[0])
+    _, twin_hx = twin.step(x[0])
+    expected, _ = twin.step(x[1], twin_hx)
+    (kept,) = layer._steppers.values()
+    assert _packed.step_cached(layer._steppers, x[1], hx, 1) is not None
+    _packed._hold_steppers(kept, True)
+    try:
+        assert _packed.step_cached(layer._steppers, x[1], hx, 1) is None
+        h, c = hx if mode == "LSTM" else (hx, None)
+        assert _packed.step_layers(kept, x[1], h, c) is None
+        out, _ = layer.step(x[1], hx)
+    finally:
+        _packed._hold_steppers(kept, False)
+    np.testing.assert_array_equal(out, expected)
+    assert list(layer._steppers.values()) == [kept]
 
 
 def test_training_calls_wait_their_turn():
