@@ -1034,11 +1034,12 @@ cdef void _place_parts(Job *job, _ForwardSetup setup, int n_threads) except *:
     share when it runs beside another): in training, split into parts when its
     team splits the batch (see Job.parts); and its initial state put in place."""
     cdef bint split_hidden
-    cdef int threads = _team_size(job, n_threads, &split_hidden)
+    cdef int threads
     cdef Py_ssize_t first = setup.first
-    if (setup.training and threads > 1 and not split_hidden
-            and job.input_size + job.hidden_size <= PARTS_MAX_ROW):
-        job.parts = threads
+    if setup.training and job.input_size + job.hidden_size <= PARTS_MAX_ROW:
+        threads = _team_size(job, n_threads, &split_hidden)
+        if threads > 1 and not split_hidden:
+            job.parts = threads
     for r0, r1, h_part in _state_parts(setup.h, job.parts):
         h_part[first] = setup.h0[r0:r1]
     if setup.c is not None:
